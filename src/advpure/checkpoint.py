@@ -1,0 +1,121 @@
+"""Checkpoint I/O shared by every model family.
+
+Weights are written as safetensors with a JSON sidecar (``<name>.json`` beside ``<name>.safetensors``)
+that records what the weights are (architecture and arguments, dataset, normalisation, measured
+accuracy, the command that produced them) and their sha256. Pickle-based files (``.pt/.pth/.th``)
+are read only with ``torch.load(weights_only=True)``. A recorded hash that does not match is an error.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".th", ".bin", ".ckpt")
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    return Path(path).with_suffix(".json")
+
+
+def read_sidecar(path: str | os.PathLike) -> dict:
+    sc = sidecar_path(path)
+    if not sc.is_file():
+        raise FileNotFoundError(f"{path}: no JSON sidecar at {sc} (it records the architecture and sha256)")
+    return json.loads(sc.read_text())
+
+
+def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
+    actual = sha256_file(path)
+    if expected is not None and actual != expected:
+        raise ValueError(f"{path}: sha256 {actual} does not match the recorded {expected}; the file changed or is another checkpoint")
+    return actual
+
+
+def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, sidecar: dict) -> dict:
+    """Write ``state_dict`` as safetensors and the sidecar JSON (with sha256 and creation metadata)."""
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"{path}: weights are saved as .safetensors")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
+    meta = dict(sidecar)
+    meta.setdefault("command", " ".join(sys.argv))
+    meta["sha256"] = sha256_file(path)
+    meta["advpure_version"] = __version__
+    meta["torch_version"] = torch.__version__
+    meta["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    sidecar_path(path).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors or (weights-only) torch pickle; strip a ``module.`` prefix.
+
+    Dicts that wrap the weights under ``state_dict``/``model``/``net`` are unwrapped. ``sha256``, when
+    given, must match the file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    verify_sha256(path, sha256)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: Any = load_file(str(path))
+    elif path.suffix in PICKLE_SUFFIXES:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}")
+    for key in ("state_dict", "model", "net", "ema"):
+        if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: does not hold a state dict of tensors")
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "checkpoint") -> nn.Module:
+    """Strict load that names missing and unexpected keys and mismatched shapes on failure."""
+    own = model.state_dict()
+    # Checkpoints from before BatchNorm counted its updates lack num_batches_tracked: keep the model's.
+    state_dict = {**{k: v for k, v in own.items() if k.endswith("num_batches_tracked")}, **state_dict}
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shapes:
+        def _fmt(xs: list[str]) -> str:
+            return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "") if xs else "none"
+        raise ValueError(
+            f"{what} does not match {type(model).__name__}: missing keys [{_fmt(missing)}]; "
+            f"unexpected keys [{_fmt(unexpected)}]; shape mismatches [{_fmt(shapes)}]"
+        )
+    model.load_state_dict(state_dict, strict=True)
+    return model

@@ -1,0 +1,18 @@
+"""Defenses: purifiers (images -> images) and the defended classifier that composes them.
+
+Each published method is one module here; importing this package registers their spec names
+(``advpure.specs``) so ``--defense NAME:key=value`` works on the command line.
+"""
+
+from __future__ import annotations
+
+from ..specs import SpecContext, register
+from .base import DefendedClassifier, Identity, Purifier
+
+
+@register("defense", "none")
+def _none(ctx: SpecContext) -> Identity:
+    return Identity()
+
+
+__all__ = ["DefendedClassifier", "Identity", "Purifier"]

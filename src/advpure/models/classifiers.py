@@ -1,0 +1,267 @@
+"""Image classifiers. One contract: ``model(x)`` with x float [0, 1] NCHW returns logits (N, classes).
+
+Normalisation lives inside the model (non-persistent buffers ``mean``/``std``), so state dicts keep
+the original layouts: :class:`ResNetCifar` loads the third-party "ResNet for CIFAR-10" checkpoints
+(He et al. 2016, option-A shortcuts) as they are, and :class:`WideResNet` matches RobustBench's
+"Standard" WRN-28-10 key layout.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..contracts import check_images
+
+CIFAR_MEAN_IMAGENET = (0.485, 0.456, 0.406)
+CIFAR_STD_IMAGENET = (0.229, 0.224, 0.225)
+
+
+class ImageClassifier(nn.Module):
+    """Base: validates inputs (range, shape, NaN) and normalises before :meth:`logits`.
+
+    Set ``validate_inputs = False`` on an instance to skip the checks in a tight loop.
+    """
+
+    def __init__(self, in_channels: int, image_size: int, num_classes: int,
+                 mean: Sequence[float] | None, std: Sequence[float] | None) -> None:
+        super().__init__()
+        self.in_channels = in_channels
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.validate_inputs = True
+        mean = tuple(mean) if mean is not None else (0.0,) * in_channels
+        std = tuple(std) if std is not None else (1.0,) * in_channels
+        if len(mean) != in_channels or len(std) != in_channels:
+            raise ValueError(f"mean/std need {in_channels} values, got {len(mean)} and {len(std)}")
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.validate_inputs:
+            check_images(x, channels=self.in_channels, size=self.image_size)
+        return self.logits((x - self.mean) / self.std)
+
+    def logits(self, x_normalised: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate features (used by semantic-aware kernels); subclasses override."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose features()")
+
+
+# --------------------------------------------------------------------------- ResNet for CIFAR (option A)
+class _LambdaShortcut(nn.Module):
+    def __init__(self, planes: int) -> None:
+        super().__init__()
+        self.pad = planes // 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
+
+
+class _BasicBlockA(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = _LambdaShortcut(planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNetCifar(ImageClassifier):
+    """ResNet-(6n+2) for CIFAR-10: 3x3 stem (16 ch), three stages of n basic blocks (16/32/64 ch),
+    option-A shortcuts, global average pooling, linear. depth 20 -> n=3, 56 -> n=9, 8 -> n=1."""
+
+    def __init__(self, depth: int = 20, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 width: int = 16, mean: Sequence[float] | None = CIFAR_MEAN_IMAGENET,
+                 std: Sequence[float] | None = CIFAR_STD_IMAGENET) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        if (depth - 2) % 6 != 0:
+            raise ValueError(f"ResNetCifar depth must be 6n+2 (8, 20, 32, 44, 56, 110), got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes = [width, 2 * width, 4 * width]
+        self.layer1 = self._stage(width, planes[0], n, 1)
+        self.layer2 = self._stage(planes[0], planes[1], n, 2)
+        self.layer3 = self._stage(planes[1], planes[2], n, 2)
+        self.linear = nn.Linear(planes[2], num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, n: int, stride: int) -> nn.Sequential:
+        blocks = []
+        for i in range(n):
+            blocks.append(_BasicBlockA(in_planes if i == 0 else planes, planes, stride if i == 0 else 1))
+        return nn.Sequential(*blocks)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self._body(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- WideResNet (RobustBench layout)
+class _WRNBlock(nn.Module):
+    def __init__(self, in_planes: int, out_planes: int, stride: int, drop_rate: float = 0.0) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.drop_rate = drop_rate
+        self.equal_in_out = in_planes == out_planes
+        self.convShortcut = None if self.equal_in_out else nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.equal_in_out:
+            x = self.relu1(self.bn1(x))
+            out = x
+        else:
+            out = self.relu1(self.bn1(x))
+        out = self.relu2(self.bn2(self.conv1(out)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        out = self.conv2(out)
+        return out + (x if self.equal_in_out else self.convShortcut(x))
+
+
+class _NetworkBlock(nn.Module):
+    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, drop_rate: float) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(*[
+            _WRNBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, drop_rate)
+            for i in range(n)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layer(x)
+
+
+class WideResNet(ImageClassifier):
+    """WRN-depth-width (Zagoruyko & Komodakis 2016) with RobustBench's key layout (conv1, block1..3,
+    bn1, fc). RobustBench's "Standard" WRN-28-10 takes un-normalised inputs: mean 0, std 1."""
+
+    def __init__(self, depth: int = 28, widen_factor: int = 10, num_classes: int = 10, in_channels: int = 3,
+                 image_size: int = 32, drop_rate: float = 0.0, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"WideResNet depth must be 6n+4 (16, 28, 34, 70), got {depth}")
+        n = (depth - 4) // 6
+        ch = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
+        self.conv1 = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
+        self.block1 = _NetworkBlock(n, ch[0], ch[1], 1, drop_rate)
+        self.block2 = _NetworkBlock(n, ch[1], ch[2], 2, drop_rate)
+        self.block3 = _NetworkBlock(n, ch[2], ch[3], 2, drop_rate)
+        self.bn1 = nn.BatchNorm2d(ch[3])
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(ch[3], num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block3(self.block2(self.block1(self.conv1(x))))
+        out = self.relu(self.bn1(out))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self._body(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- PreAct ResNet-18
+class _PreActBlock(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        sc = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + sc
+
+
+class PreActResNet18(ImageClassifier):
+    """PreAct ResNet-18 (He et al. 2016b) in the common CIFAR layout (conv1, layer1..4, bn, linear)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 mean: Sequence[float] | None = CIFAR_MEAN_IMAGENET,
+                 std: Sequence[float] | None = CIFAR_STD_IMAGENET) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        self.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        planes, layers, in_planes = [64, 128, 256, 512], [], 64
+        for i, p in enumerate(planes):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(_PreActBlock(in_planes, p, stride), _PreActBlock(p, p, 1)))
+            in_planes = p
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.bn = nn.BatchNorm2d(512)
+        self.linear = nn.Linear(512, num_classes)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        return F.adaptive_avg_pool2d(F.relu(self.bn(out)), 1).flatten(1)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self._body(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- small CNN (digits)
+class SmallCNN(ImageClassifier):
+    """A small CNN for 8x8 digits (or any small input): two 3x3 conv blocks, one pooling, MLP head."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 8, width: int = 32,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(2 * width * (image_size // 2) ** 2, 128), nn.ReLU(),
+        )
+        self.head = nn.Linear(128, num_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body((x - self.mean) / self.std)
