@@ -159,9 +159,12 @@ def _read_folder_tar(path: Path, split: str, classes: list[str] | None) -> tuple
     entries: dict[str, list[tuple[str, bytes]]] = {}
     with tarfile.open(path, "r:*") as tf:
         for m in tqdm(tf, desc=f"reading {path.name} ({split})", leave=False, mininterval=2):
+            parts = Path(m.name).parts
+            if m.isdir() and len(parts) >= 2 and parts[-2] == split:
+                entries.setdefault(parts[-1], [])  # a class folder, possibly empty
+                continue
             if not m.isfile() or not m.name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
-            parts = Path(m.name).parts
             if len(parts) < 3 or parts[-3] != split:
                 continue
             entries.setdefault(parts[-2], []).append((parts[-1], tf.extractfile(m).read()))  # type: ignore[union-attr]
