@@ -9,7 +9,10 @@ import sys
 
 CLI_MODULES = (
     "advpure.info",
+    "advpure.demo",
     "advpure.train.cli",
+    "advpure.eval.cli",
+    "advpure.detect.eps_cli",
 )
 
 

@@ -1,0 +1,91 @@
+"""Attacks, one call contract (foolbox-3 style): ``Attack(**options)(model, x, y) -> x_adv``.
+
+``model`` maps float [0, 1] NCHW images to (N, classes) logits (any classifier, or a
+:class:`~advpure.defenses.DefendedClassifier`); ``x_adv`` stays inside the threat model. Stochastic
+models get EOT gradients. See :mod:`advpure.attacks.base` for the shared options.
+
+Spec names for the command line (``--attack NAME:key=value,...``):
+
+- ``pgd`` (:class:`PGD`), ``apgd`` / ``apgd-ce`` / ``apgd-dlr`` (:class:`APGD`), ``apgd-t`` (:class:`APGDT`);
+- ``bpda`` (:class:`BPDA`, straight-through backward through the defense, PGD options);
+- ``surrogate`` (:class:`SurrogateProcess`; the surrogate defense comes from ``--surrogate-defense``);
+- ``transfer`` (:class:`Transfer`; the surrogate classifier comes from ``--surrogate-classifier``);
+- ``square`` (:class:`Square`, linf black-box), ``cw`` (:class:`CWL2`).
+
+Full-gradient adaptive attacks are ``pgd``/``apgd`` with ``grad_checkpoint=true``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..specs import SpecContext, register
+from .apgd import APGD, APGDT
+from .base import Attack, dlr_loss, dlr_targeted_loss, is_stochastic, margin_loss, perturbation_norm, project
+from .bpda import BPDA, BPDAModel
+from .checkpointing import checkpointed_loop
+from .cw import CWL2
+from .pgd import PGD
+from .square import Square
+from .surrogate import SurrogateProcess
+from .transfer import Transfer
+
+
+@register("attack", "pgd")
+def _pgd(ctx: SpecContext, **p: Any) -> PGD:
+    return PGD(**p)
+
+
+@register("attack", "apgd")
+@register("attack", "apgd-ce")
+def _apgd_ce(ctx: SpecContext, **p: Any) -> APGD:
+    p.setdefault("loss", "ce")
+    return APGD(**p)
+
+
+@register("attack", "apgd-dlr")
+def _apgd_dlr(ctx: SpecContext, **p: Any) -> APGD:
+    p.setdefault("loss", "dlr")
+    return APGD(**p)
+
+
+@register("attack", "apgd-t")
+def _apgd_t(ctx: SpecContext, **p: Any) -> APGDT:
+    return APGDT(**p)
+
+
+@register("attack", "bpda")
+def _bpda(ctx: SpecContext, **p: Any) -> BPDA:
+    return BPDA(**p)
+
+
+@register("attack", "surrogate")
+def _surrogate(ctx: SpecContext, **p: Any) -> SurrogateProcess:
+    sur = ctx.extra.get("surrogate_model")
+    if sur is None:
+        raise ValueError("surrogate attack: no surrogate defense given (pass --surrogate-defense SPEC, e.g. the "
+                         "same purifier with fewer steps)")
+    return SurrogateProcess(surrogate=sur, **p)
+
+
+@register("attack", "transfer")
+def _transfer(ctx: SpecContext, **p: Any) -> Transfer:
+    sur = ctx.extra.get("surrogate_classifier")
+    if sur is None:
+        raise ValueError("transfer attack: no surrogate classifier given (pass --surrogate-classifier SPEC)")
+    return Transfer(surrogate=sur, **p)
+
+
+@register("attack", "square")
+def _square(ctx: SpecContext, **p: Any) -> Square:
+    return Square(**p)
+
+
+@register("attack", "cw")
+def _cw(ctx: SpecContext, **p: Any) -> CWL2:
+    return CWL2(**p)
+
+
+__all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "PGD", "Square", "SurrogateProcess", "Transfer",
+           "checkpointed_loop", "dlr_loss", "dlr_targeted_loss", "is_stochastic", "margin_loss",
+           "perturbation_norm", "project"]

@@ -7,6 +7,9 @@ import importlib
 
 TRAINERS = (
     "advpure.train.classifier",
+    "advpure.train.diffusion",
+    "advpure.train.kernel",
+    "advpure.train.denoiser",
 )
 
 

@@ -1,0 +1,197 @@
+"""Denoisers behind one contract, and the UNet presets / loaders.
+
+The contract every sampler and purifier uses::
+
+    eps = eps_model(x_t, t)      # x_t in [-1, 1] data scale (N, C, H, W); t float tensor (N,) in [0, 1]
+
+returns the noise prediction ``eps`` of ``x_t = alpha(t) x_0 + std(t) eps``; the score is
+``-eps / std(t)`` (:func:`advpure.diffusion.schedule.eps_to_score`).
+
+Time convention for networks that take a discrete timestep (diffusers ``UNet2DModel``, trained with
+``DDPMScheduler`` where index ``k`` has noise level ``alphas_cumprod[k]``): continuous ``t`` is fed as
+the (float) timestep ``k = t * N - 1`` with N = 1000, because ``alphas_cumprod[k] ~= alpha((k+1)/N)^2``
+(:mod:`advpure.diffusion.schedule`). Our own training (:mod:`advpure.train.diffusion`) uses the same
+map, so pretrained diffusers DDPMs (e.g. ``google/ddpm-cifar10-32``) and our checkpoints plug in alike.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from .schedule import VPSchedule, _bcast
+
+log = logging.getLogger(__name__)
+
+
+class DiscreteTimeAdapter(nn.Module):
+    """Wrap ``net(x, timestep)`` (integer-timestep network; ``.sample`` outputs unwrapped) as ``eps_model(x, t)``.
+
+    Feeds ``timestep = t * n_steps - 1`` (clamped at 0), see the module docstring.
+    ``image_shape`` (C, H, W), when known, is checked on every call.
+    """
+
+    def __init__(self, net: nn.Module, *, n_steps: int = 1000, image_shape: tuple[int, int, int] | None = None) -> None:
+        super().__init__()
+        self.net = net
+        self.n_steps = int(n_steps)
+        self.image_shape = tuple(image_shape) if image_shape is not None else None
+        self.calls = 0  # network evaluations, counted per batch call
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        return (t * self.n_steps - 1.0).clamp(min=0.0)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.image_shape is not None and tuple(x.shape[1:]) != self.image_shape:
+            c, h, w = self.image_shape
+            raise ValueError(
+                f"denoiser was trained on {c}x{h}x{w} images (CxHxW), got {tuple(x.shape[1:])}")
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        self.calls += 1
+        out = self.net(x, self.timestep(t.to(x.dtype)))
+        return out.sample if hasattr(out, "sample") else out
+
+
+class GaussianScoreModel(nn.Module):
+    """Exact eps-model for data ``x_0 ~ N(mu, diag(var))`` (per pixel), used to test samplers.
+
+    Under the VP marginal, ``x_t ~ N(alpha mu, alpha^2 var + std^2)`` so the score is
+    ``-(x_t - alpha mu) / (alpha^2 var + std^2)`` and ``eps = std (x_t - alpha mu) / (alpha^2 var + std^2)``.
+    """
+
+    def __init__(self, mean: torch.Tensor, var: torch.Tensor, schedule: Any | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("var", torch.as_tensor(var, dtype=torch.float32).expand_as(self.mean).clone())
+        self.schedule = schedule or VPSchedule()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        a = _bcast(self.schedule.alpha(t), x)
+        s = _bcast(self.schedule.std(t), x)
+        return s * (x - a * self.mean) / (a * a * self.var + s * s)
+
+
+# ------------------------------------------------------------------------------------------- UNet presets
+PRESETS: dict[str, dict[str, Any]] = {
+    # 8x8 grey digits: two resolutions (8, 4), no attention; ~0.27M parameters, CPU-trainable in minutes.
+    "digits": dict(sample_size=8, in_channels=1, out_channels=1, block_out_channels=(32, 64),
+                   down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+                   layers_per_block=1, norm_num_groups=8),
+    # 32x32 RGB: three resolutions, attention at 16x16; ~4.4M parameters.
+    "cifar10-small": dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(64, 128, 128),
+                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                          layers_per_block=1, norm_num_groups=16),
+}
+
+DATASET_PRESET = {"digits": "digits", "cifar10": "cifar10-small"}
+
+
+def unet_config(preset: str) -> dict[str, Any]:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown UNet preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in PRESETS[preset].items()}
+
+
+def build_unet(config: str | Mapping[str, Any]) -> nn.Module:
+    """A diffusers ``UNet2DModel`` from a preset name or a config dict (random weights)."""
+    from diffusers import UNet2DModel
+
+    cfg = unet_config(config) if isinstance(config, str) else dict(config)
+    cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
+    try:
+        return UNet2DModel(**cfg)
+    except TypeError as e:
+        raise ValueError(f"UNet config not understood by diffusers UNet2DModel: {e}") from None
+
+
+def _shape_of(cfg: Mapping[str, Any]) -> tuple[int, int, int]:
+    s = cfg.get("sample_size", 0)
+    h, w = (s, s) if isinstance(s, int) else tuple(s)
+    return int(cfg.get("in_channels", 3)), int(h), int(w)
+
+
+def _check_shape(shape: tuple[int, int, int], expected: tuple[int, int, int] | None, where: str) -> None:
+    if expected is not None and tuple(expected) != tuple(shape):
+        raise ValueError(
+            f"{where}: denoiser is for {shape[0]}x{shape[1]}x{shape[2]} images (CxHxW) but "
+            f"{expected[0]}x{expected[1]}x{expected[2]} were requested; use a diffusion model trained on this data")
+
+
+def load_unet(folder: str | os.PathLike, *, image_shape: tuple[int, int, int] | None = None,
+              expect: str | Mapping[str, Any] | None = None) -> nn.Module:
+    """Load a diffusers-format folder (``config.json`` + ``diffusion_pytorch_model.safetensors``) as is.
+
+    ``expect`` (a preset name or config dict) and ``image_shape`` are checked against the folder's config.
+    Never downloads: ``folder`` must be a local directory (e.g. a user's copy of google/ddpm-cifar10-32;
+    a full pipeline folder with a ``unet/`` subfolder also works).
+    """
+    from diffusers import UNet2DModel
+
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"diffusion model folder {folder} does not exist")
+    if not (folder / "config.json").is_file() and (folder / "unet" / "config.json").is_file():
+        folder = folder / "unet"
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder}: no config.json (expected a diffusers UNet2DModel folder)")
+    cfg = json.loads(cfg_path.read_text())
+    cls = cfg.get("_class_name", "UNet2DModel")
+    if cls != "UNet2DModel":
+        raise ValueError(f"{folder}: config is for {cls}, expected UNet2DModel")
+    if expect is not None:
+        want = unet_config(expect) if isinstance(expect, str) else dict(expect)
+        diff = [f"{k}: folder {cfg.get(k)!r} vs expected {v!r}" for k, v in want.items()
+                if not k.startswith("_") and k in cfg and _norm(cfg[k]) != _norm(v)]
+        if diff:
+            raise ValueError(f"{folder}: UNet config does not match the requested network ({'; '.join(diff)})")
+    _check_shape(_shape_of(cfg), image_shape, str(folder))
+    net = UNet2DModel.from_pretrained(str(folder), local_files_only=True)
+    return net.eval()
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (list, tuple)) else v
+
+
+def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None = None
+                  ) -> tuple[DiscreteTimeAdapter, dict]:
+    """Load a diffusion model as an ``eps_model(x, t)`` plus metadata.
+
+    ``path``: our ``.safetensors`` checkpoint with its JSON sidecar (records ``unet_config``, ``dataset``,
+    ``t_max``, ``sha256``), its stem without suffix, or a diffusers folder. ``image_shape`` (C, H, W)
+    must match what the model was trained on.
+    """
+    from ..checkpoint import load_into, load_state_dict, read_sidecar
+
+    p = Path(path).expanduser()
+    if p.is_dir():
+        net = load_unet(p, image_shape=image_shape)
+        meta = {"source": str(p), "format": "diffusers", "unet_config": dict(net.config), "t_max": 1.0}
+        return DiscreteTimeAdapter(net, image_shape=_shape_of(net.config)).eval(), meta
+    if p.suffix != ".safetensors" and p.with_suffix(".safetensors").is_file():
+        p = p.with_suffix(".safetensors")
+    if not p.is_file():
+        raise FileNotFoundError(f"diffusion model {path} not found (expected a .safetensors file with a JSON sidecar, "
+                                "or a diffusers folder with config.json)")
+    meta = read_sidecar(p)
+    if "unet_config" not in meta:
+        raise ValueError(f"{p}: sidecar has no 'unet_config'; is this a diffusion checkpoint?")
+    shape = _shape_of(meta["unet_config"])
+    _check_shape(shape, image_shape, str(p))
+    net = build_unet(meta["unet_config"])
+    load_into(net, load_state_dict(p, sha256=meta.get("sha256")), what=str(p))
+    meta = {**meta, "source": str(p), "format": "advpure"}
+    return DiscreteTimeAdapter(net.eval(), n_steps=int(meta.get("n_steps", 1000)), image_shape=shape).eval(), meta

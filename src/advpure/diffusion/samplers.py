@@ -1,0 +1,204 @@
+"""Samplers for the VP diffusion, as free functions with one signature (k-diffusion style).
+
+Every sampler takes ``model`` (``eps_model(x_t, t)``, see :mod:`advpure.diffusion.models`), the
+current state ``x_t`` in data scale [-1, 1], a ``schedule`` (:class:`~advpure.diffusion.schedule.VPSchedule`
+or :class:`~advpure.diffusion.schedule.DiscreteSchedule`), time arguments, and a ``generator`` that is the
+only source of randomness (``None`` = torch's global RNG). They run with or without autograd; with
+``checkpoint=True`` each step is wrapped in ``torch.utils.checkpoint`` so the memory of a backward
+pass does not grow with the number of steps (the noise of a step is drawn outside the wrapped
+function, so the recomputation is exact). Times may be per sample: a tensor of shape (N,).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.checkpoint import checkpoint as _ckpt
+
+from ..contracts import check_int, check_positive
+from .schedule import _bcast
+
+EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``guidance(x_t, t, s, noise) -> g``: a per-step shift direction; the DDPM mean becomes ``mean + var * g``.
+#: ``noise`` is a fresh standard-normal tensor shaped like x_t, drawn by the sampler outside any checkpointed
+#: region (so a guidance target such as a re-diffused image is recomputed exactly in the backward pass).
+Guidance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def _per_sample(t: torch.Tensor | float, x: torch.Tensor, name: str, *, allow_zero: bool = False) -> torch.Tensor:
+    """A time as a float tensor (N,) on x's device, checked to lie in (0, 1] (or [0, 1])."""
+    n = x.shape[0]
+    if isinstance(t, torch.Tensor):
+        tt = t.detach().to(device=x.device, dtype=x.dtype)
+        if tt.dim() == 0:
+            tt = tt.expand(n)
+        elif tt.shape != (n,):
+            raise ValueError(f"{name}: expected a float or a tensor of shape ({n},) (one time per sample), got {tuple(tt.shape)}")
+    else:
+        try:
+            v = float(t)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name}: expected a float or a tensor of times, got {t!r}") from None
+        tt = torch.full((n,), v, device=x.device, dtype=x.dtype)
+    lo, hi = float(tt.min()), float(tt.max())
+    if not (math.isfinite(lo) and math.isfinite(hi)) or hi > 1.0 or lo < 0 or (lo == 0 and not allow_zero):
+        interval = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ValueError(f"{name}: diffusion times must be in {interval}, got values in [{lo:.4g}, {hi:.4g}]")
+    return tt
+
+
+def _run(step: Callable, use_ckpt: bool, *args: torch.Tensor) -> torch.Tensor:
+    if use_ckpt and torch.is_grad_enabled():
+        return _ckpt(step, *args, use_reentrant=False)
+    return step(*args)
+
+
+def diffuse(x0: torch.Tensor, t: torch.Tensor | float, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Sample the forward marginal ``x_t = alpha(t) x_0 + std(t) eps`` (Song et al. 2021, Eq. 33); t scalar or (N,)."""
+    tt = _per_sample(t, x0, "t", allow_zero=True)
+    return _bcast(schedule.alpha(tt), x0) * x0 + _bcast(schedule.std(tt), x0) * _noise(x0, generator)
+
+
+def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.Tensor | float,
+                n_steps: int | None = None, dt: float = 1e-3, generator: torch.Generator | None = None,
+                checkpoint: bool = False) -> torch.Tensor:
+    """Euler–Maruyama integration of the reverse VP SDE from ``t_start`` to 0 (DiffPure's solver).
+
+    Reverse SDE (Anderson 1982; Song et al. 2021, Eq. 6) for ``dx = -1/2 beta x dt + sqrt(beta) dw``::
+
+        dx = [-1/2 beta(t) x - beta(t) score(x, t)] dt + sqrt(beta(t)) dw_bar,   score = -eps / std(t)
+
+    stepped backwards with ``h = t_start / n_steps``: ``x <- x + h (1/2 beta x + beta score) + sqrt(beta h) z``,
+    noise injected at every step (as torchsde's Euler scheme in DiffPure). Sample i uses its own grid
+    ``t_i(k) = t_start_i (1 - k / n_steps)``; all samples take the same number of steps, one network call
+    per step for the whole batch. ``n_steps`` defaults to ``ceil(max(t_start) / dt)`` (DiffPure: 100 steps
+    from t* = 0.1 with dt = 1e-3).
+    """
+    ts = _per_sample(t_start, x_t, "t_start")
+    if n_steps is None:
+        check_positive(dt, "dt")
+        n_steps = max(1, math.ceil(float(ts.max()) / dt - 1e-4))
+    check_int(n_steps, "n_steps")
+    # all per-step coefficients at once (one small tensor op each instead of several per step):
+    # x <- (1 + h beta / 2) x - (h beta / std) eps + sqrt(h beta) z
+    frac = 1.0 - torch.arange(n_steps, device=x_t.device, dtype=x_t.dtype) / n_steps
+    grid = frac[:, None] * ts[None, :]  # (n_steps, N)
+    h = (ts / n_steps)[None, :]
+    beta = schedule.beta(grid).to(x_t.dtype)
+    shape = (n_steps, -1) + (1,) * (x_t.dim() - 1)
+    c_x = (1.0 + 0.5 * h * beta).reshape(shape)
+    c_eps = (h * beta / schedule.std(grid).to(x_t.dtype)).reshape(shape)
+    c_z = torch.sqrt(h * beta).reshape(shape)
+
+    def step(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
+             z: torch.Tensor) -> torch.Tensor:
+        return a * x - b * model(x, t) + c * z
+
+    x = x_t
+    for k in range(n_steps):
+        x = _run(step, checkpoint, x, grid[k], c_x[k], c_eps[k], c_z[k], _noise(x, generator))
+    return x
+
+
+def ddpm_timesteps(t_start: torch.Tensor | float, n_steps: int) -> list[torch.Tensor | float]:
+    """``n_steps + 1`` evenly spaced times from ``t_start`` down to 0 (scalars or per-sample tensors).
+
+    With :class:`~advpure.diffusion.schedule.DiscreteSchedule`, ``t_start = n/1000`` and ``n_steps = n``
+    this is exactly the original DDPM chain x_n -> ... -> x_0.
+    """
+    check_int(n_steps, "n_steps")
+    return [t_start * (1.0 - k / n_steps) for k in range(n_steps + 1)]
+
+
+def _times(timesteps: Sequence[torch.Tensor | float] | torch.Tensor, x: torch.Tensor) -> list[torch.Tensor]:
+    if isinstance(timesteps, torch.Tensor) and timesteps.dim() == 1:
+        timesteps = list(timesteps)
+    seq = list(timesteps)
+    if len(seq) < 2:
+        raise ValueError(f"timesteps: need at least 2 times (from t_start down to a smaller time), got {len(seq)}")
+    out = [_per_sample(t, x, f"timesteps[{i}]", allow_zero=(i == len(seq) - 1) or i > 0) for i, t in enumerate(seq)]
+    for i in range(len(out) - 1):
+        if bool((out[i + 1] >= out[i]).any()):
+            raise ValueError("timesteps must be strictly decreasing (from the noisiest time down towards 0)")
+    return out
+
+
+def _posterior(schedule, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip_x0: bool):
+    """x0-prediction, and q(x_s | x_t, x0) mean coefficients and variance (Ho et al. 2020, Eq. 6-7, general s < t)."""
+    la_t, la_s = _bcast(schedule.log_alpha(t), x), _bcast(schedule.log_alpha(s), x)
+    a_t, a_s = torch.exp(la_t), torch.exp(la_s)
+    var_t, var_s = -torch.expm1(2 * la_t), -torch.expm1(2 * la_s)
+    var_ts = -torch.expm1(2 * (la_t - la_s))  # 1 - (alpha_t / alpha_s)^2
+    x0 = (x - torch.sqrt(var_t) * eps) / a_t
+    if clip_x0:
+        x0 = x0.clamp(-1.0, 1.0)
+    mean = (a_s * var_ts / var_t) * x0 + (torch.exp(la_t - la_s) * var_s / var_t) * x
+    var = var_ts * var_s / var_t
+    return x0, mean, var, a_s, var_s
+
+
+def ddpm_ancestral(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, generator: torch.Generator | None = None,
+                   checkpoint: bool = False, guidance: Guidance | None = None, clip_x0: bool = False) -> torch.Tensor:
+    """Ancestral sampling ``x_s ~ N(mu(x_t, x0_hat), sigma^2)`` along decreasing ``timesteps`` (Ho et al. 2020, Alg. 2).
+
+    ``x0_hat = (x_t - std_t eps) / alpha_t``; ``mu``, ``sigma^2`` are the posterior q(x_s | x_t, x0_hat) of
+    the VP process between any two times s < t (Eq. 6-7 generalised; equal to DDPM's step when s, t are
+    adjacent grid points of :class:`DiscreteSchedule`). ``timesteps[0]`` is the time of ``x_t``; the last
+    one is usually 0 (noise-free final step). Each entry may be a float or a per-sample tensor (N,).
+    ``guidance(x_t, t, s, noise)`` shifts the mean by ``sigma^2 * guidance`` (GDMP, Wang et al. 2022, Eq. 8).
+    ``clip_x0`` clamps ``x0_hat`` to [-1, 1] (as diffusers/guided-diffusion do).
+    """
+    times = _times(timesteps, x_t)
+
+    def step(x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, z: torch.Tensor, zg: torch.Tensor) -> torch.Tensor:
+        _, mean, var, _, _ = _posterior(schedule, x, model(x, t), t, s, clip_x0)
+        if guidance is not None:
+            mean = mean + var * guidance(x, t, s, zg)
+        return mean + torch.sqrt(var) * z
+
+    x = x_t
+    for t, s in zip(times[:-1], times[1:]):
+        z = _noise(x, generator)
+        zg = _noise(x, generator) if guidance is not None else z
+        x = _run(step, checkpoint, x, t, s, z, zg)
+    return x
+
+
+def ddim(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, eta: float = 0.0,
+         generator: torch.Generator | None = None, checkpoint: bool = False, clip_x0: bool = False) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, Eq. 12): ``x_s = alpha_s x0_hat + sqrt(std_s^2 - c^2) eps + c z``,
+    ``c = eta * sigma`` with ``sigma^2`` the DDPM posterior variance; ``eta = 0`` is deterministic,
+    ``eta = 1`` is ancestral DDPM."""
+    eta = check_positive(eta, "eta", allow_zero=True)
+    times = _times(timesteps, x_t)
+
+    def step(x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        eps = model(x, t)
+        x0, _, var, a_s, var_s = _posterior(schedule, x, eps, t, s, clip_x0)
+        c2 = (eta * eta) * var
+        return a_s * x0 + torch.sqrt((var_s - c2).clamp(min=0)) * eps + torch.sqrt(c2) * z
+
+    x = x_t
+    for t, s in zip(times[:-1], times[1:]):
+        z = _noise(x, generator) if eta > 0 else torch.zeros_like(x)
+        x = _run(step, checkpoint, x, t, s, z)
+    return x
+
+
+def sample(model: EpsModel, shape: Sequence[int], *, schedule, n_steps: int = 1000, method: str = "ddpm",
+           t_start: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Generate from pure noise at ``t_start`` (default 1.0) with ``ddpm`` or ``sde``; returns data scale [-1, 1]."""
+    x = torch.randn(tuple(shape), generator=generator, device=device)
+    x = x * float(schedule.std(torch.tensor(t_start)))  # alpha(1) ~ 0: x_1 ~ N(0, std(1)^2)
+    if method == "ddpm":
+        return ddpm_ancestral(model, x, schedule=schedule, timesteps=ddpm_timesteps(t_start, n_steps),
+                              generator=generator, clip_x0=True)
+    if method == "sde":
+        return reverse_sde(model, x, schedule=schedule, t_start=t_start, n_steps=n_steps, generator=generator)
+    raise ValueError(f"unknown sampling method {method!r}; expected 'ddpm' or 'sde'")

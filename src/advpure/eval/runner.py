@@ -1,0 +1,346 @@
+"""The evaluation runner: clean and robust accuracy of a (defended) classifier under an attack, over
+seeds, on a seeded subset, resumable, and shardable across processes with ``torchrun``.
+
+Work is split into (seed, batch) tasks. Each task reseeds the defense and torch's global RNG from
+(seed, batch index), so a task's result does not depend on which process ran it, nor on whether the
+run was interrupted: a killed run restarted with the same arguments reads the journal, skips finished
+tasks and produces the same final numbers. Under ``torchrun`` (``WORLD_SIZE`` > 1) tasks are dealt
+round-robin to the ranks (gloo backend on CPU), each rank keeps its own journal
+(``JOURNAL.rank{r}of{w}``), and rank 0 merges all records and writes the result.
+
+Protocol: see :mod:`advpure.eval.protocol`; gradient-masking checks: :mod:`advpure.eval.sanity`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn as nn
+
+from .. import __version__
+from ..attacks.base import Attack, is_stochastic
+from ..contracts import check_int
+from ..specs import SpecContext, build
+from .journal import Journal, args_key
+from .metrics import mean_std, merge_perturbation_stats, perturbation_stats, success_rate
+from .protocol import Protocol, correct_draws, summarize
+from .sanity import WARN, run_sanity_checks
+
+log = logging.getLogger(__name__)
+
+
+def _task_seed(seed: int, batch: int) -> int:
+    return (int(seed) * 1_000_003 + int(batch) * 7919 + 12345) % (2**63 - 1)
+
+
+def _reseed(model: nn.Module, s: int) -> None:
+    torch.manual_seed(s)
+    if hasattr(model, "reseed"):
+        model.reseed(s)
+
+
+def _versions() -> dict:
+    v = {"advpure": __version__, "torch": torch.__version__, "python": platform.python_version()}
+    try:
+        import numpy
+
+        v["numpy"] = numpy.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    return v
+
+
+def _describe(obj: Any, spec: Any) -> Any:
+    if isinstance(spec, str):
+        return spec
+    d = getattr(obj, "describe", None)
+    return d() if callable(d) else type(obj).__name__
+
+
+def _quality(model: nn.Module, x: torch.Tensor) -> dict | None:
+    """Mean SSIM / PSNR of purified vs clean images (one draw), when advpure.eval.quality exists."""
+    defense = getattr(model, "defense", None)
+    if defense is None or type(defense).__name__ == "Identity":
+        return None
+    try:
+        from . import quality  # written by another module owner; optional here
+    except ImportError:
+        return {"unavailable": "advpure.eval.quality not installed"}
+    with torch.no_grad():
+        xp = model.purify(x)
+        out = {}
+        for name in ("ssim", "psnr"):
+            fn = getattr(quality, name, None)
+            if callable(fn):
+                out[name] = [float(v) for v in torch.as_tensor(fn(xp, x)).flatten()]
+    return out
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Module | None = "none",
+             attack: str | Attack | None = "none", n: int = 100, subset_seed: int = 0,
+             seeds: Sequence[int] = (0,), batch_size: int = 100, split: str = "test",
+             data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
+             journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 5,
+             early_stop: bool = True, sanity: bool = True, sanity_n: int = 16, sanity_queries: int = 200,
+             surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
+             progress: bool = True) -> dict:
+    """Evaluate and return the result record (also written to ``out`` as JSON when given).
+
+    ``classifier``: a spec for :func:`advpure.models.load_classifier` or a module; ``defense``: a defense spec
+    (``advpure.specs.build("defense", ...)``), a module, or None/"none"; ``attack``: an attack spec, an
+    :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only). ``eval_draws`` fresh draws of a
+    stochastic defense in the final evaluation; ``early_stop``: evaluate-while-optimising (applied unless the
+    attack spec sets ``early_stop`` itself). ``sanity``: gradient-masking checks on ``sanity_n`` samples.
+    """
+    from ..data import load_dataset
+    from ..defenses import DefendedClassifier
+    from ..models import load_classifier
+
+    n = check_int(n, "n", minimum=1)
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    seeds = [check_int(int(s), "seed", minimum=0) for s in seeds]
+    if not seeds:
+        raise ValueError("seeds: expected at least one seed")
+    protocol = Protocol(eval_draws=eval_draws, early_stop=early_stop)
+    dev = torch.device(device)
+
+    # ---- build everything before any compute
+    data = load_dataset(dataset, split, data_dir=data_dir)
+    sub = data.subset(n, subset_seed)
+    clf = load_classifier(classifier) if isinstance(classifier, (str, os.PathLike)) else classifier
+    clf = clf.to(dev).eval()
+    ctx = SpecContext(classifier=clf, dataset=dataset, image_shape=data.shape, device=dev)
+    if defense is None or (isinstance(defense, str) and defense == "none"):
+        defense_mod: nn.Module | None = None
+    elif isinstance(defense, str):
+        defense_mod = build("defense", defense, ctx)
+    else:
+        defense_mod = defense
+    model = DefendedClassifier(clf, defense_mod).to(dev).eval()
+    if surrogate_defense is not None:
+        ctx.extra["surrogate_model"] = DefendedClassifier(clf, build("defense", surrogate_defense, ctx)).to(dev).eval()
+    if surrogate_classifier is not None:
+        sc = load_classifier(surrogate_classifier) if isinstance(surrogate_classifier, (str, os.PathLike)) \
+            else surrogate_classifier
+        ctx.extra["surrogate_classifier"] = sc.to(dev).eval()
+    if attack is None or (isinstance(attack, str) and attack == "none"):
+        att: Attack | None = None
+    elif isinstance(attack, str):
+        att = build("attack", attack, ctx)
+        if "early_stop" not in att.spec["params"] and hasattr(att, "early_stop"):
+            att = att.replace(early_stop=protocol.early_stop)
+    else:
+        att = attack
+    draws = protocol.draws_for(model)
+
+    config = {
+        "dataset": dataset, "split": split, "data_dir": str(data_dir) if data_dir else None, "n": n,
+        "subset_seed": subset_seed, "batch_size": batch_size,
+        "classifier": _describe(clf, classifier), "defense": _describe(defense_mod, defense),
+        "attack": _describe(att, attack) if att is not None else "none", "attack_params": att.params() if att else None,
+        "protocol": protocol.describe(), "surrogate_defense": surrogate_defense,
+        "surrogate_classifier": str(surrogate_classifier) if surrogate_classifier is not None else None,
+    }
+    key = args_key(config)
+    rank, world = _dist_info()
+    jpath = None
+    if journal is not None:
+        jpath = Path(journal) if world == 1 else Path(f"{journal}.rank{rank}of{world}")
+    jr = Journal(jpath, key)
+
+    n_batches = (n + batch_size - 1) // batch_size
+    tasks = [(s, b) for s in seeds for b in range(n_batches)]
+    mine = tasks[rank::world]
+    done = {(r["seed"], r["batch"]) for r in jr.of_type("batch")}
+    todo = [t for t in mine if t not in done]
+
+    bar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"eval[{rank}]" if world > 1 else "eval",
+                   unit="batch", dynamic_ncols=True)
+    for s, b in todo:
+        idx = list(range(b * batch_size, min(n, (b + 1) * batch_size)))
+        x, y = sub.batch(idx)
+        x, y = x.to(dev), y.to(dev)
+        t0 = time.perf_counter()
+        _reseed(model, _task_seed(s, b))
+        clean = correct_draws(model, x, y, draws)
+        rec: dict[str, Any] = {"type": "batch", "seed": s, "batch": b, "indices": idx,
+                               "clean": clean.int().tolist()}
+        q = _quality(model, x)
+        if q is not None:
+            rec["quality"] = q
+        if att is not None:
+            x_adv = att(model, x, y)
+            robust = correct_draws(model, x_adv, y, draws)
+            rec["robust"] = robust.int().tolist()
+            rec["forwards_per_image"] = att.last_stats.forwards_per_image
+            rec["eot"] = att.last_stats.eot
+            rec["perturbation"] = perturbation_stats(x_adv, x)
+        rec["seconds"] = time.perf_counter() - t0
+        jr.append(rec)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+
+    records = [r for r in jr.of_type("batch") if (r["seed"], r["batch"]) in set(mine)]
+    # ---- merge across ranks
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, records)
+        records = [r for part in gathered for r in part]
+
+    sanity_rows: list[dict] | None = None
+    if sanity and att is not None and rank == 0:
+        prev = list(jr.of_type("sanity"))
+        if prev:
+            sanity_rows = prev[-1]["rows"]
+        else:
+            m = min(sanity_n, n)
+            xs, ys = sub.batch(list(range(m)))
+            sanity_rows = run_sanity_checks(model, att, xs.to(dev), ys.to(dev), draws=draws,
+                                            square_queries=sanity_queries,
+                                            reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
+            jr.append({"type": "sanity", "rows": sanity_rows})
+    result = _assemble(config, key, records, seeds, n, model, att, protocol, sanity_rows, dev, world)
+    if world > 1:
+        import torch.distributed as dist
+
+        obj = [result]
+        dist.broadcast_object_list(obj, src=0)
+        result = obj[0]
+    if out is not None and rank == 0:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2, sort_keys=False))
+    return result
+
+
+def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: int, model: nn.Module,
+              att: Attack | None, protocol: Protocol, sanity_rows: list[dict] | None, dev: torch.device,
+              world: int) -> dict:
+    per_seed = []
+    total_seconds = 0.0
+    fwd, perts, quality = [], [], {"ssim": [], "psnr": []}
+    for s in seeds:
+        rs = sorted((r for r in records if r["seed"] == s), key=lambda r: r["batch"])
+        got = sum(len(r["indices"]) for r in rs)
+        if got != n:
+            raise RuntimeError(f"seed {s}: {got} evaluated samples, expected {n} (journal incomplete)")
+        clean = torch.cat([torch.tensor(r["clean"], dtype=torch.bool) for r in rs], dim=1)
+        entry: dict[str, Any] = {"seed": s, "clean": summarize(clean)}
+        if att is not None:
+            robust = torch.cat([torch.tensor(r["robust"], dtype=torch.bool) for r in rs], dim=1)
+            entry["robust"] = summarize(robust)
+            entry["success_rate"] = success_rate(clean, robust)
+            fwd += [r["forwards_per_image"] * len(r["indices"]) for r in rs]
+            perts += [r["perturbation"] for r in rs]
+        for r in rs:
+            for k in quality:
+                quality[k] += (r.get("quality") or {}).get(k, [])
+        total_seconds += sum(r["seconds"] for r in rs)
+        per_seed.append(entry)
+
+    def agg(part: str, stat: str) -> dict:
+        return mean_std([e[part][stat] for e in per_seed])
+
+    n_eval = n * len(seeds)
+    nfe = float(getattr(model, "nfe", 0.0))
+    fpi = sum(fwd) / n_eval if fwd else 0.0
+    result: dict[str, Any] = {
+        "dataset": {"name": config["dataset"], "split": config["split"], "subset_seed": config["subset_seed"],
+                    "n": n},
+        "classifier": config["classifier"],
+        "defense": {"spec": config["defense"], "describe": model.describe() if hasattr(model, "describe") else None,
+                    "stochastic": is_stochastic(model), "nfe": nfe},
+        "attack": {"spec": config["attack"], "params": config["attack_params"],
+                   "describe": att.describe() if att is not None else None},
+        "protocol": protocol.describe(model),
+        "seeds": seeds,
+        "per_seed": per_seed,
+        "clean_accuracy": agg("clean", "mean"),
+        "cost": {"seconds_total": total_seconds, "seconds_per_image": total_seconds / n_eval,
+                 "attack_forwards_per_image": fpi, "network_evals_per_image": fpi * (1.0 + nfe),
+                 "processes": world},
+        "sanity_checks": sanity_rows,
+        "sanity_warnings": sum(r["status"] == WARN for r in sanity_rows) if sanity_rows else 0,
+        "versions": _versions(),
+        "device": str(dev) if dev.type != "cuda" else torch.cuda.get_device_name(dev),
+        "journal_key": key,
+    }
+    if att is not None:
+        result["robust_accuracy"] = agg("robust", "mean")
+        result["robust_accuracy_worst_case"] = agg("robust", "worst")
+        result["attack_success_rate"] = mean_std([e["success_rate"] for e in per_seed])
+        result["perturbation"] = merge_perturbation_stats(perts)
+    q: dict[str, Any] = {}
+    for k, v in quality.items():
+        if v:
+            q[k] = mean_std(v)
+    if q:
+        result["purified_quality"] = q
+    result["purified_quality_lpips"] = "unavailable (no local weights)"
+    return result
+
+
+def format_markdown(result: dict) -> str:
+    """A Markdown table of the headline numbers and the sanity checks (WARNING rows in capitals)."""
+
+    def pct(d: dict | None) -> str:
+        if not d:
+            return "-"
+        return f"{100 * d['mean']:.2f}% ± {100 * d['std']:.2f}" if d.get("n", 1) > 1 else f"{100 * d['mean']:.2f}%"
+
+    rows = [("dataset", f"{result['dataset']['name']}/{result['dataset']['split']} n={result['dataset']['n']} "
+                        f"(subset seed {result['dataset']['subset_seed']})"),
+            ("classifier", str(result["classifier"])),
+            ("defense", f"{result['defense']['spec']} (stochastic={result['defense']['stochastic']}, "
+                        f"nfe={result['defense']['nfe']:g})"),
+            ("attack", str(result["attack"]["spec"])),
+            ("protocol", f"draws={result['protocol'].get('draws_used')}, early_stop={result['protocol']['early_stop']}"),
+            ("seeds", ",".join(map(str, result["seeds"]))),
+            ("clean accuracy", pct(result["clean_accuracy"]))]
+    if "robust_accuracy" in result:
+        rows += [("robust accuracy (mean over draws)", pct(result["robust_accuracy"])),
+                 ("robust accuracy (worst case over draws)", pct(result["robust_accuracy_worst_case"])),
+                 ("attack success rate", pct(result["attack_success_rate"]))]
+        p = result["perturbation"]
+        rows.append(("perturbation", f"max linf {p['max_linf']:.5f}, max l2 {p['max_l2']:.4f}, NaN {p['nan']}, "
+                                     f"pixels [{p['min_pixel']:.3f}, {p['max_pixel']:.3f}]"))
+    c = result["cost"]
+    rows.append(("cost", f"{c['seconds_per_image']:.3f} s/image, {c['attack_forwards_per_image']:.1f} forwards/image, "
+                         f"{c['network_evals_per_image']:.1f} network evals/image"))
+    for k, v in (result.get("purified_quality") or {}).items():
+        rows.append((f"purified {k.upper()}", f"{v['mean']:.4f} ± {v['std']:.4f}"))
+    rows.append(("purified LPIPS", result.get("purified_quality_lpips", "-")))
+    for r in result.get("sanity_checks") or []:
+        label = f"sanity: {r['check']}"
+        if r["status"] == WARN:
+            rows.append((f"**WARNING** {label}", f"**WARNING: {r['detail']}**"))
+        else:
+            rows.append((label, f"{r['status']}: {r['detail']}"))
+    lines = ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {str(v).replace('|', '/')} |" for k, v in rows]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advpure.defenses.diffpure import DiffPure
+from advpure.defenses.ssni import SSNI, ssni_l, ssni_n
+from advpure.detect.eps import EPSReference, eps_norm
+from advpure.diffusion.models import GaussianScoreModel
+from advpure.diffusion.schedule import VPSchedule
+
+
+def _setup(mode="N", differentiable=False):
+    sched = VPSchedule()
+    model = GaussianScoreModel(torch.full((1, 4, 4), 0.2), torch.full((1, 4, 4), 0.05), sched)
+    clean = ((0.2 + 0.05 ** 0.5 * torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))) + 1) / 2
+    with torch.no_grad():
+        norms = eps_norm(model, clean.clamp(0, 1), schedule=sched, generator=torch.Generator().manual_seed(1))
+    ref = EPSReference.from_norms(norms, t_levels=[k / 1000 for k in range(1, 21)], checkpoint_sha256=None)
+    base = DiffPure(model, t=0.1, n_steps=10, schedule=sched, freeze=False)
+    return SSNI(base, reference=ref, mode=mode, differentiable=differentiable), clean.clamp(0, 1)
+
+
+def test_reweighting_formulas():
+    s = torch.tensor([0.0, 5.0, 10.0])
+    torch.testing.assert_close(ssni_n(s, mu=5.0, tau=2.0, t_star=0.1, b=0.02),
+                               0.12 * torch.sigmoid((s - 5.0) / 2.0))
+    torch.testing.assert_close(ssni_l(s, s_min=0.0, s_max=10.0, t_star=0.1, b=0.01), torch.tensor([0.01, 0.06, 0.11]))
+    for tau in (0.0, -1.0):
+        with pytest.raises(ValueError, match="tau"):
+            ssni_n(s, mu=0.0, tau=tau, t_star=0.1)
+    with pytest.raises(ValueError, match="max"):
+        ssni_l(s, s_min=1.0, s_max=1.0, t_star=0.1)
+
+
+@pytest.mark.parametrize("mode", ["N", "L"])
+def test_far_samples_get_more_noise_in_one_batch(mode):
+    ssni, clean = _setup(mode)
+    far = (clean[:8] + 0.3).clamp(0, 1)
+    x = torch.cat([clean[:8], far])
+    out = ssni(x, generator=torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and float(out.min()) >= 0 and float(out.max()) <= 1
+    t = ssni.last_t
+    assert t.shape == (16,) and float(t[:8].mean()) < float(t[8:].mean())
+    assert float(t.min()) >= ssni.t_floor and ssni.nfe == 10 + 20
+
+
+def test_differentiable_variant_passes_gradient_through_t():
+    ssni, clean = _setup("N", differentiable=True)
+    x = clean[:4].clone().requires_grad_(True)
+    s = eps_norm(ssni.base.eps_model, x, schedule=ssni.base.schedule, generator=torch.Generator().manual_seed(0))
+    t = ssni.noise_levels(s)
+    t.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    x.grad = None
+    ssni(x, generator=torch.Generator().manual_seed(0)).sum().backward()
+    assert torch.isfinite(x.grad).all() and float(x.grad.abs().sum()) > 0
+
+
+def test_bad_ssni_config():
+    ssni, _ = _setup()
+    with pytest.raises(ValueError, match="tau"):
+        SSNI(ssni.base, reference=ssni.reference, tau=0.0)
+    with pytest.raises(ValueError, match="mode"):
+        SSNI(ssni.base, reference=ssni.reference, mode="Q")
+    with pytest.raises(ValueError, match="t_floor"):
+        SSNI(ssni.base, reference=ssni.reference, t_ceil=2.0)

@@ -1,0 +1,69 @@
+"""EPS against the closed form of a Gaussian's score, and SSNI's reweighting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from advpure.detect.eps import EPSReference, eps_norm, expected_perturbation_score
+from advpure.diffusion.models import GaussianScoreModel
+from advpure.diffusion.schedule import VPSchedule
+
+
+def _gaussian(mu=0.2, var=0.05, shape=(1, 4, 4)):
+    sched = VPSchedule()
+    return GaussianScoreModel(torch.full(shape, mu), torch.full(shape, var), sched), sched, mu, var
+
+
+def test_eps_matches_gaussian_closed_form():
+    """For x0 ~ N(mu, var): E_z score(x_t, t) = -alpha (x' - mu) / (alpha^2 var + std^2), x' = 2x - 1."""
+    model, sched, mu, var = _gaussian()
+    x = torch.rand(3, 1, 4, 4)
+    levels = torch.arange(1, 21) / 1000
+    g = torch.Generator().manual_seed(0)
+    reps = 400
+    est = torch.stack([expected_perturbation_score(model, x, schedule=sched, t_levels=levels, generator=g)
+                       for _ in range(reps)]).mean(0)
+    a, s = sched.alpha(levels).float(), sched.std(levels).float()
+    coef = (a / (a * a * var + s * s)).mean()
+    exact = -coef * ((2 * x - 1) - mu)
+    # Monte Carlo error: per level the score noise has std 1/std(t) * std(t)/(a^2 var+s^2)... bound it loosely
+    torch.testing.assert_close(est, exact, rtol=0.05, atol=0.15)
+
+
+def test_eps_norm_grows_with_distance_from_the_data():
+    model, sched, mu, _ = _gaussian()
+    x_mode = torch.full((1, 1, 4, 4), (mu + 1) / 2)  # the data mean in [0, 1] scale
+    g = torch.Generator().manual_seed(1)
+    norms = [float(eps_norm(model, (x_mode + d).clamp(0, 1), schedule=sched, generator=g)) for d in (0.0, 0.1, 0.2, 0.3)]
+    assert norms == sorted(norms), norms
+
+
+def test_eps_is_batched_and_chunking_does_not_change_it():
+    model, sched, _, _ = _gaussian()
+    x = torch.rand(5, 1, 4, 4)
+    model.calls = 0
+    a = expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2))
+    assert model.calls == 1  # 20 levels x 5 samples in one call
+    b = expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2), max_batch=7)
+    torch.testing.assert_close(a, b)
+
+
+def test_eps_bad_inputs():
+    model, sched, _, _ = _gaussian()
+    with pytest.raises(ValueError, match="noise levels must lie in"):
+        expected_perturbation_score(model, torch.rand(1, 1, 4, 4), schedule=sched, t_levels=[0.0, 0.01])
+    with pytest.raises(ValueError, match="NaN"):
+        expected_perturbation_score(model, torch.full((1, 1, 4, 4), float("nan")), schedule=sched)
+
+
+def test_reference_round_trip_and_checkpoint_mismatch(tmp_path):
+    ref = EPSReference.from_norms(torch.tensor([1.0, 2.0, 3.0]), t_levels=[0.001], checkpoint_sha256="abc")
+    p = tmp_path / "r.json"
+    ref.save(p)
+    back = EPSReference.load(p, checkpoint_sha256="abc")
+    assert back.mean == 2.0 and back.min == 1.0 and back.max == 3.0 and back.n == 3
+    with pytest.raises(ValueError, match="recompute them for this model"):
+        EPSReference.load(p, checkpoint_sha256="def")
+    with pytest.raises(FileNotFoundError, match="eps-ref"):
+        EPSReference.load(tmp_path / "missing.json")

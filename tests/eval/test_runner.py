@@ -1,0 +1,154 @@
+"""The evaluation runner: numbers against direct computation, stochastic protocol, sanity warnings,
+kill -9 and resume, truncated journals, and 2-process torchrun sharding."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from advpure.defenses import Purifier
+from advpure.eval.journal import Journal
+from advpure.eval.runner import format_markdown, run_eval
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class NoisePurifier(Purifier):
+    stochastic = True
+
+    def __init__(self, sigma: float = 0.3) -> None:
+        super().__init__()
+        self.sigma = sigma
+
+    def purify(self, x, *, generator=None):
+        return (x + self.sigma * torch.randn(x.shape, generator=generator, device=x.device)).clamp(0, 1)
+
+
+@pytest.fixture(scope="module")
+def clf_path(tmp_path_factory, digits_classifier):
+    from advpure.models import save_classifier
+
+    p = tmp_path_factory.mktemp("clf") / "digits.safetensors"
+    save_classifier(digits_classifier, p, dataset="digits")
+    return p
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = str(REPO / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(clf_path, out, journal=None, *, n=60, batch=10, steps=5, seeds="0,1"):
+    cmd = [sys.executable, "-m", "advpure.eval.cli", "--dataset", "digits", "--classifier", str(clf_path),
+           "--attack", f"pgd:eps=0.1,steps={steps},step_size=0.02", "--n-samples", str(n), "--batch-size", str(batch),
+           "--seeds", seeds, "--out", str(out), "--no-progress", "--no-sanity"]
+    if journal:
+        cmd += ["--journal", str(journal)]
+    return cmd
+
+
+def test_clean_accuracy_matches_direct_computation(digits_data, digits_classifier):
+    r = run_eval(dataset="digits", classifier=digits_classifier, attack="none", n=50, subset_seed=3,
+                 batch_size=16, progress=False)
+    x, y = digits_data[1].subset(50, 3).tensors()
+    direct = float((digits_classifier(x).argmax(1) == y).float().mean())
+    assert r["clean_accuracy"]["mean"] == pytest.approx(direct)
+    assert "robust_accuracy" not in r
+
+
+def test_robust_run_record_and_table(digits_classifier, tmp_path):
+    r = run_eval(dataset="digits", classifier=digits_classifier, attack="pgd:eps=0.1,steps=5,step_size=0.02",
+                 n=40, batch_size=20, seeds=[0, 1], out=tmp_path / "r.json", sanity_n=8, sanity_queries=50,
+                 progress=False)
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert saved["robust_accuracy"]["mean"] == pytest.approx(r["robust_accuracy"]["mean"])
+    assert r["robust_accuracy"]["mean"] < r["clean_accuracy"]["mean"]
+    assert r["perturbation"]["max_linf"] <= 0.1 + 1e-6 and r["perturbation"]["nan"] == 0
+    assert len(r["per_seed"]) == 2 and r["cost"]["attack_forwards_per_image"] > 5
+    assert {row["check"] for row in r["sanity_checks"]} == {"randomness", "gradients", "large_eps",
+                                                             "more_iterations", "black_box"}
+    table = format_markdown(r)
+    assert "robust accuracy" in table and "sanity: large_eps" in table
+
+
+def test_stochastic_protocol_and_eot1_warning(digits_classifier):
+    r = run_eval(dataset="digits", classifier=digits_classifier, defense=NoisePurifier(0.3),
+                 attack="pgd:eps=0.1,steps=3,step_size=0.03,eot=1", n=24, batch_size=24, eval_draws=4,
+                 sanity_n=8, sanity_queries=20, progress=False)
+    assert r["protocol"]["draws_used"] == 4 and r["defense"]["stochastic"]
+    assert r["robust_accuracy_worst_case"]["mean"] <= r["robust_accuracy"]["mean"]
+    rows = {row["check"]: row for row in r["sanity_checks"]}
+    assert rows["randomness"]["status"] == "WARNING"
+    assert "**WARNING" in format_markdown(r)
+
+
+def test_bad_arguments(digits_classifier):
+    with pytest.raises(ValueError, match="unknown attack"):
+        run_eval(dataset="digits", classifier=digits_classifier, attack="nope", n=4, progress=False)
+    with pytest.raises(ValueError, match="n"):
+        run_eval(dataset="digits", classifier=digits_classifier, n=0, progress=False)
+    with pytest.raises(FileNotFoundError):
+        run_eval(dataset="digits", classifier="/nonexistent.safetensors", n=4, progress=False)
+
+
+def test_journal_drops_truncated_line(tmp_path):
+    p = tmp_path / "j.jsonl"
+    j = Journal(p, "k")
+    j.append({"type": "batch", "seed": 0, "batch": 0})
+    with open(p, "a") as f:
+        f.write('{"key": "k", "type": "batch", "se')
+    j2 = Journal(p, "k")
+    assert len(j2.records) == 1
+    j2.append({"type": "batch", "seed": 0, "batch": 1})
+    assert len(Journal(p, "k").records) == 2 and len(Journal(p, "other").records) == 0
+
+
+def _inprocess(clf_path, *, n=60, batch=10, steps=5, seeds=(0, 1)):
+    return run_eval(dataset="digits", classifier=str(clf_path), attack=f"pgd:eps=0.1,steps={steps},step_size=0.02",
+                    n=n, batch_size=batch, seeds=list(seeds), sanity=False, progress=False)
+
+
+def test_kill_and_resume(clf_path, tmp_path):
+    out, journal = tmp_path / "out.json", tmp_path / "j.jsonl"
+    proc = subprocess.Popen(_cli(clf_path, out, journal, steps=40), env=_env(), cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while time.time() - t0 < 120:
+        if journal.exists() and journal.read_text().count("\n") >= 1:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_before = journal.read_text().count("\n")
+    assert not out.exists() or not killed
+    subprocess.run(_cli(clf_path, out, journal, steps=40), check=True, env=_env(), cwd=tmp_path, timeout=300)
+    ref, got = _inprocess(clf_path, steps=40), json.loads(out.read_text())
+    assert killed and n_before < 12, "the run finished before it could be killed; make it slower"
+    lines = [json.loads(s) for s in journal.read_text().splitlines()]
+    tasks = [(r["seed"], r["batch"]) for r in lines if r["type"] == "batch"]
+    assert len(tasks) == len(set(tasks)) == 12  # 2 seeds x 6 batches, none twice
+    assert got["per_seed"] == ref["per_seed"]
+
+
+def test_torchrun_two_processes_equals_single(clf_path, tmp_path):
+    dist_out = tmp_path / "dist.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "advpure.eval.cli", *_cli(clf_path, dist_out, tmp_path / "dj.jsonl", n=40, batch=8)[3:]]
+    subprocess.run(cmd, check=True, env=_env(), cwd=tmp_path, timeout=300)
+    a, b = _inprocess(clf_path, n=40, batch=8), json.loads(dist_out.read_text())
+    assert b["cost"]["processes"] == 2
+    assert a["per_seed"] == b["per_seed"]
+    assert sorted(p.name for p in tmp_path.glob("dj.jsonl.rank*")) == ["dj.jsonl.rank0of2", "dj.jsonl.rank1of2"]
