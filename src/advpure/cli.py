@@ -13,6 +13,9 @@ CLI_MODULES = (
     "advpure.train.cli",
     "advpure.eval.cli",
     "advpure.detect.eps_cli",
+    "advpure.eval.cmap_ablation",
+    "advpure.eval.threats",
+    "advpure.eval.discrepancy",
 )
 
 

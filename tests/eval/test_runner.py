@@ -145,7 +145,12 @@ def test_kill_and_resume(clf_path, tmp_path):
 
 def test_torchrun_two_processes_equals_single(clf_path, tmp_path):
     dist_out = tmp_path / "dist.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    import socket
+
+    with socket.socket() as sock:  # a free port: a fixed one collides with other runs on the machine
+        sock.bind(("127.0.0.1", 0))
+        port = str(sock.getsockname()[1])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
            "-m", "advpure.eval.cli", *_cli(clf_path, dist_out, tmp_path / "dj.jsonl", n=40, batch=8)[3:]]
     subprocess.run(cmd, check=True, env=_env(), cwd=tmp_path, timeout=300)
     a, b = _inprocess(clf_path, n=40, batch=8), json.loads(dist_out.read_text())

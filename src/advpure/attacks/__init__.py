@@ -24,7 +24,9 @@ from .apgd import APGD, APGDT
 from .base import Attack, dlr_loss, dlr_targeted_loss, is_stochastic, margin_loss, perturbation_norm, project
 from .bpda import BPDA, BPDAModel
 from .checkpointing import checkpointed_loop
+from .cmap_attack import ConsistencyDisruption
 from .cw import CWL2
+from .detector_aware import DADPathPGD, DetectorAwarePGD
 from .pgd import PGD
 from .square import Square
 from .surrogate import SurrogateProcess
@@ -86,6 +88,26 @@ def _cw(ctx: SpecContext, **p: Any) -> CWL2:
     return CWL2(**p)
 
 
-__all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "PGD", "Square", "SurrogateProcess", "Transfer",
+@register("attack", "dad-adaptive")
+def _dad_adaptive(ctx: SpecContext, **p: Any) -> DADPathPGD:
+    """The DAD authors' adaptive attack: PGD on CE + MMD through the denoiser path."""
+    p.setdefault("mmd_weight", 1.0)
+    return DADPathPGD(**p)
+
+
+@register("attack", "dad-denoiser")
+def _dad_denoiser(ctx: SpecContext, **p: Any) -> DADPathPGD:
+    """Full gradients through DAD's denoiser (assumes the detector fires)."""
+    p.setdefault("mmd_weight", 0.0)
+    return DADPathPGD(**p)
+
+
+@register("attack", "detector-aware")
+def _detector_aware(ctx: SpecContext, **p: Any) -> DetectorAwarePGD:
+    """Maximise the loss on the undetected path while staying under the detection threshold."""
+    return DetectorAwarePGD(**p)
+
+
+__all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "ConsistencyDisruption", "DADPathPGD", "DetectorAwarePGD", "PGD", "Square", "SurrogateProcess", "Transfer",
            "checkpointed_loop", "dlr_loss", "dlr_targeted_loss", "is_stochastic", "margin_loss",
            "perturbation_norm", "project"]

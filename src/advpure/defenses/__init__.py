@@ -19,4 +19,4 @@ __all__ = ["DefendedClassifier", "Identity", "Purifier"]
 
 # Diffusion purifiers (register "diffpure", "gdmp", "gnsp" on import); MajorityVote wraps any of them.
 from . import diffpure, gdmp, gnsp, voting  # noqa: E402,F401
-from . import dad, distribution_transfer, ssni  # noqa: E402,F401
+from . import cmap, compose, dad, distribution_transfer, ssni  # noqa: E402,F401

@@ -5,8 +5,8 @@ evaluations): classify K independent purifications of each image and return the 
 ``log((votes_c + tie) / (K + tie_total))`` so that ``argmax`` is the voted class. Ties between classes
 with equal votes are broken by the mean softmax probability (``tie = 1e-3 * mean_softmax``), which is
 also what keeps the log finite for classes nobody voted for. The vote is piecewise constant (no useful
-gradient); attacks use :meth:`MajorityVote.surrogate`, the log of the mean softmax over the K runs
-(differentiable through the purifier), as the EOT-style surrogate of the vote.
+gradient); its gradient is taken from :meth:`MajorityVote.surrogate`, the log of the mean softmax over
+the K runs (differentiable through the purifier), the EOT-style surrogate of the vote (straight-through).
 """
 
 from __future__ import annotations
@@ -66,6 +66,10 @@ class MajorityVote(nn.Module):
         logits = check_logits(torch.cat(outs), xs.shape[0], name="classifier output")
         return logits.view(self.k, n, -1)
 
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        """One purification of ``x`` (for image-quality reports)."""
+        return self.defense(x, generator=self.generator) if isinstance(self.defense, Purifier) else self.defense(x)
+
     def votes(self, x: torch.Tensor) -> torch.Tensor:
         """Vote counts per class, shape (N, classes)."""
         with torch.no_grad():
@@ -73,11 +77,18 @@ class MajorityVote(nn.Module):
         return F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).to(logits.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            logits = self._run(x)
-        counts = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).to(logits.dtype)
-        tie = 1e-3 * logits.softmax(-1).mean(0)
-        return torch.log((counts + tie) / (self.k + 1e-3))
+        """Log vote frequencies. When autograd is recording, the output's *value* is the vote and its
+        *gradient* is that of :meth:`surrogate` (straight-through), from the same K purifications, so
+        gradient attacks run on this module directly and their success is judged on the real vote."""
+        logits = self._run(x)
+        ld = logits.detach()
+        counts = F.one_hot(ld.argmax(-1), ld.shape[-1]).sum(0).to(ld.dtype)
+        tie = 1e-3 * ld.softmax(-1).mean(0)
+        vote = torch.log((counts + tie) / (self.k + 1e-3))
+        if not logits.requires_grad:
+            return vote
+        sur = torch.logsumexp(logits.log_softmax(-1), dim=0) - torch.log(torch.tensor(float(self.k)))
+        return vote + (sur - sur.detach())
 
     def surrogate(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable surrogate of the vote: ``log mean_k softmax(classifier(purify_k(x)))``, shape (N, classes)."""

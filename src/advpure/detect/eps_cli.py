@@ -73,10 +73,17 @@ def observe(*, dataset: str, data_dir: str | None, model: str | None, classifier
         rows[b] = {"norms": s, "t_n": t_n, "t_l": t_l, "accuracy": acc}
     out.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+
+    def _bins(key: str):  # shared bins over all budgets (a constant t would break per-set bins)
+        lo = min(float(r[key].min()) for r in rows.values())
+        hi = max(float(r[key].max()) for r in rows.values())
+        return torch.linspace(lo, hi + max(1e-6, 1e-3 * abs(hi)), 31).numpy()
+
+    bins_s, bins_t = _bins("norms"), _bins("t_n")
     for b, r in rows.items():
         label = "clean" if b == 0 else f"PGD eps={b:.3g}"
-        axes[0].hist(r["norms"].numpy(), bins=30, alpha=0.5, label=label)
-        axes[1].hist(r["t_n"].numpy(), bins=30, alpha=0.5, label=label)
+        axes[0].hist(r["norms"].numpy(), bins=bins_s, alpha=0.5, label=label)
+        axes[1].hist(r["t_n"].numpy(), bins=bins_t, alpha=0.5, label=label)
     axes[0].set_xlabel("||EPS(x)||")
     axes[0].set_ylabel("count")
     axes[0].set_title(f"{dataset}: ||EPS|| of clean and PGD inputs (n={n})")

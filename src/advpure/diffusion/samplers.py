@@ -35,7 +35,7 @@ def _per_sample(t: torch.Tensor | float, x: torch.Tensor, name: str, *, allow_ze
     """A time as a float tensor (N,) on x's device, checked to lie in (0, 1] (or [0, 1])."""
     n = x.shape[0]
     if isinstance(t, torch.Tensor):
-        tt = t.detach().to(device=x.device, dtype=x.dtype)
+        tt = t.to(device=x.device, dtype=x.dtype)  # keeps the graph: SSNI differentiates through per-sample t
         if tt.dim() == 0:
             tt = tt.expand(n)
         elif tt.shape != (n,):

@@ -24,6 +24,16 @@ def register(subparsers) -> None:
                     "shardable with torchrun. Example: advpure eval --dataset digits --classifier "
                     "zoo/digits-small-cnn.safetensors --attack pgd:eps=0.1,steps=20 --n 100 --out r.json",
     )
+    p.add_argument("--threat", default="adversarial", choices=("adversarial", "corruptions", "certify"),
+                   help="adversarial (default: --attack), corruptions (15 common corruptions x severities, "
+                        "with and without the defense) or certify (randomized smoothing)")
+    p.add_argument("--corruptions", default="all", help="comma-separated corruption names (threat corruptions)")
+    p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities 1..5 (threat corruptions)")
+    p.add_argument("--sigma", type=float, default=0.25, help="smoothing noise std in [0,1] pixels (threat certify)")
+    p.add_argument("--n0", type=int, default=100, help="selection samples (threat certify; Cohen et al.: 100)")
+    p.add_argument("--n-mc", type=int, default=10000, help="estimation samples (threat certify; Cohen et al.: 100000)")
+    p.add_argument("--alpha", type=float, default=0.001, help="failure probability (threat certify)")
+    p.add_argument("--denoiser", default=None, help="diffusion model for one-shot denoised smoothing (threat certify)")
     p.add_argument("--dataset", required=True, help="digits, cifar10 or folder")
     p.add_argument("--data-dir", default=None, help="dataset path (CIFAR-10 archive/folder, image folder)")
     p.add_argument("--split", default="test")
@@ -43,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--sanity-n", type=int, default=16, help="samples used by the sanity checks (default 16)")
     p.add_argument("--sanity-queries", type=int, default=200, help="Square queries in the black-box check")
+    p.add_argument("--votes", type=int, default=0, help="majority vote over K purifications (0 = none; "
+                                                        "for cmap, >= 1 votes over its K latents)")
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--journal", default=None, help="JSONL journal for resuming an interrupted run")
     p.add_argument("--device", default="cpu")
@@ -51,8 +63,46 @@ def register(subparsers) -> None:
     p.set_defaults(func=_handler)
 
 
+def _other_threat(args: argparse.Namespace) -> int:
+    import json
+
+    from . import threats
+    from .corruptions import CORRUPTIONS
+
+    seed = args.seeds[0]
+    if args.threat == "corruptions":
+        names = CORRUPTIONS if args.corruptions == "all" else tuple(c for c in args.corruptions.split(",") if c)
+        res = threats.run_corruptions(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
+                                      defense=args.defense, names=names,
+                                      severities=[int(v) for v in args.severities.split(",")], n=args.n,
+                                      subset_seed=args.subset_seed, seed=seed, batch_size=args.batch_size)
+        table = threats.corruptions_table(res)
+    else:
+        if args.defense not in (None, "none"):
+            raise ValueError("--threat certify smooths the classifier itself; use --denoiser PATH for denoised "
+                             "smoothing instead of --defense")
+        res = threats.run_certify(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
+                                  sigma=args.sigma, n0=args.n0, n_mc=args.n_mc, alpha=args.alpha, n=args.n,
+                                  subset_seed=args.subset_seed, seed=seed, denoiser=args.denoiser,
+                                  batch_size=args.batch_size)
+        table = "| radius | certified accuracy |\n|---|---|\n" + "\n".join(
+            f"| {r} | {100 * a:.1f}% |" for r, a in res["certified_accuracy"].items())
+        table += f"\n\nsigma {res['sigma']}, n0 {res['n0']}, n {res['n_mc']}, alpha {res['alpha']}, " \
+                 f"{res['abstain']} of {res['n']} abstained, denoiser {res['denoiser']}"
+    print(table)
+    if args.out:
+        from pathlib import Path
+
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+        print(f"\nwrote {args.out}")
+    return 0
+
+
 def _handler(args: argparse.Namespace) -> int:
-    from .runner import format_markdown, run_eval
+    if args.threat != "adversarial":
+        return _other_threat(args)
+    from .runner import close_distributed, format_markdown, run_eval
 
     result = run_eval(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split, classifier=args.classifier,
@@ -60,7 +110,7 @@ def _handler(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, out=args.out, journal=args.journal, device=args.device,
         eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
         sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, surrogate_defense=args.surrogate_defense,
-        surrogate_classifier=args.surrogate_classifier, progress=not args.no_progress,
+        surrogate_classifier=args.surrogate_classifier, votes=args.votes, progress=not args.no_progress,
     )
     import os
 
@@ -68,6 +118,7 @@ def _handler(args: argparse.Namespace) -> int:
         print(format_markdown(result))
         if args.out:
             print(f"\nwrote {args.out}")
+    close_distributed()
     return 0
 
 

@@ -83,6 +83,24 @@ def _quality(model: nn.Module, x: torch.Tensor) -> dict | None:
     return out
 
 
+def _wrap(clf: nn.Module, defense: nn.Module | None, votes: int) -> nn.Module:
+    """The attacked model: classifier(defense(x)), or a majority vote over purifications."""
+    from ..defenses import DefendedClassifier
+
+    check_int(votes, "votes", minimum=0)
+    if votes == 0 or defense is None:
+        return DefendedClassifier(clf, defense)
+    from ..defenses.cmap import CMAP, CMAPClassifier
+
+    if isinstance(defense, CMAP):
+        return CMAPClassifier(clf, defense, vote=True)
+    if votes < 2:
+        raise ValueError(f"votes: a majority vote needs K >= 2 purifications, got {votes} (0 = no vote)")
+    from ..defenses.voting import MajorityVote
+
+    return MajorityVote(clf, defense, k=votes)
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -90,8 +108,21 @@ def _dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("gloo")
+        if torch.cuda.is_available():  # NCCL on GPU, one device per local rank; gloo on CPU
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def close_distributed() -> None:
+    """Wait for every rank and tear the process group down (an exit with gloo threads alive can abort)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Module | None = "none",
@@ -101,7 +132,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
              journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 5,
              early_stop: bool = True, sanity: bool = True, sanity_n: int = 16, sanity_queries: int = 200,
              surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
-             progress: bool = True) -> dict:
+             votes: int = 0, progress: bool = True) -> dict:
     """Evaluate and return the result record (also written to ``out`` as JSON when given).
 
     ``classifier``: a spec for :func:`advpure.models.load_classifier` or a module; ``defense``: a defense spec
@@ -109,6 +140,9 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only). ``eval_draws`` fresh draws of a
     stochastic defense in the final evaluation; ``early_stop``: evaluate-while-optimising (applied unless the
     attack spec sets ``early_stop`` itself). ``sanity``: gradient-masking checks on ``sanity_n`` samples.
+    ``votes``: 0 = classify one purification; K >= 2 = majority vote over K purifications
+    (:class:`~advpure.defenses.voting.MajorityVote`); for a CMAP defense any ``votes >= 1`` votes over its own
+    K latents (:class:`~advpure.defenses.cmap.CMAPClassifier`). Voting models are evaluated as the voted prediction.
     """
     from ..data import load_dataset
     from ..defenses import DefendedClassifier
@@ -134,7 +168,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         defense_mod = build("defense", defense, ctx)
     else:
         defense_mod = defense
-    model = DefendedClassifier(clf, defense_mod).to(dev).eval()
+    model = _wrap(clf, defense_mod, votes).to(dev).eval()
     if surrogate_defense is not None:
         ctx.extra["surrogate_model"] = DefendedClassifier(clf, build("defense", surrogate_defense, ctx)).to(dev).eval()
     if surrogate_classifier is not None:
@@ -156,7 +190,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         "subset_seed": subset_seed, "batch_size": batch_size,
         "classifier": _describe(clf, classifier), "defense": _describe(defense_mod, defense),
         "attack": _describe(att, attack) if att is not None else "none", "attack_params": att.params() if att else None,
-        "protocol": protocol.describe(), "surrogate_defense": surrogate_defense,
+        "protocol": {**protocol.describe(), "votes": votes}, "surrogate_defense": surrogate_defense,
         "surrogate_classifier": str(surrogate_classifier) if surrogate_classifier is not None else None,
     }
     key = args_key(config)
@@ -277,7 +311,7 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
                     "stochastic": is_stochastic(model), "nfe": nfe},
         "attack": {"spec": config["attack"], "params": config["attack_params"],
                    "describe": att.describe() if att is not None else None},
-        "protocol": protocol.describe(model),
+        "protocol": {**protocol.describe(model), "votes": config["protocol"]["votes"]},
         "seeds": seeds,
         "per_seed": per_seed,
         "clean_accuracy": agg("clean", "mean"),

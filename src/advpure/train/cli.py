@@ -8,6 +8,7 @@ import importlib
 TRAINERS = (
     "advpure.train.classifier",
     "advpure.train.diffusion",
+    "advpure.train.consistency",
     "advpure.train.kernel",
     "advpure.train.denoiser",
 )
