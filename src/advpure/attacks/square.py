@@ -83,7 +83,11 @@ class Square(Attack):
             delta = xb - xa
             delta[:, :, ch:ch + s, cw:cw + s] = eps * rsign(active.numel(), c, 1, 1)
             x_new = (xa + delta).clamp(xa - eps, xa + eps).clamp(0, 1)
-            m_new = self._margin(model, x_new, y[active])
+            # query the whole batch (finished images keep their best iterate): defenses whose decision depends
+            # on the batch (DAD's batch-mode test) then always see the batch the evaluation gives them
+            x_query = x_best.clone()
+            x_query[active] = x_new
+            m_new = self._margin(model, x_query, y)[active]
             better = m_new < margin[active]
             idx = active[better]
             x_best[idx] = x_new[better]

@@ -124,8 +124,9 @@ class SSNI(Purifier):
 @register("defense", "ssni")
 def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | os.PathLike | None = None,
           mode: str = "N", t: float = 0.1, tau: float | None = None, b: float = 0.0, base: str = "diffpure",
-          differentiable: bool = False, steps: int | None = None, checkpoint: bool = False) -> SSNI:
-    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L,t=0.1,tau=..,b=0,differentiable=false``.
+          differentiable: bool = False, steps: int | None = None, checkpoint: bool = False,
+          t_ceil: float = 1.0) -> SSNI:
+    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L,t=0.1,tau=..,b=0,t_ceil=1,differentiable=false``.
 
     ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps-ref``); its recorded checkpoint
     sha256 must match the model's.
@@ -140,4 +141,4 @@ def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | o
     model_path = model or DEFAULT_MODELS.get(getattr(ctx, "dataset", None) or "")
     reference = EPSReference.load(ref or reference_path(model_path), checkpoint_sha256=meta.get("sha256"))
     purifier = DiffPure(net, t=t, n_steps=steps, grad_checkpoint=checkpoint)
-    return SSNI(purifier, reference=reference, mode=mode, tau=tau, b=b, differentiable=differentiable)
+    return SSNI(purifier, reference=reference, mode=mode, tau=tau, b=b, t_ceil=t_ceil, differentiable=differentiable)
