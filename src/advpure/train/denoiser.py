@@ -108,7 +108,8 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
         raise ValueError(f"--n-clean {n_clean}: the train split has only {len(train)} images")
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
     x_clean, _ = train.batch(idx[:n_clean])
-    x_src, y_src = train.batch(idx[n_clean:])
+    end = None if args.n_adv is None else n_clean + args.n_adv
+    x_src, y_src = train.batch(idx[n_clean:end])
     x_adv = make_adversarial(clf, x_src, y_src, eps=eps, steps=args.attack_steps, seed=args.seed)
     torch.manual_seed(args.seed)
     den = ResidualUNet(in_channels=train.shape[0], width=args.width, depth=args.depth)
@@ -144,6 +145,8 @@ def register(train_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--kernel", required=True, help="MMD-OPT kernel from `advpure train kernel`")
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--n-clean", type=int, default=500, help="clean images for the MMD term; the rest are attacked")
+    p.add_argument("--n-adv", type=int, default=None,
+                   help="attack only this many of the remaining train images (default: all; use e.g. 2000 on CIFAR-10)")
     p.add_argument("--epochs", type=int, default=60, help="(DAD: 60)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam (DAD: 1e-3)")
     p.add_argument("--batch-size", type=int, default=100, help="(DAD: 100)")
