@@ -15,9 +15,14 @@ def test_demo_rows_cover_every_defense():
         assert method in names
 
 
+def test_demo_rejects_sizes_too_small_for_dad(tmp_path):
+    with pytest.raises(ValueError, match="sanity_n >= 3"):
+        run_demo(tmp_path, n=6, sanity_n=2, progress=False)
+
+
 @pytest.mark.slow
 def test_demo_writes_report_and_figure(tmp_path):
-    res = run_demo(tmp_path, n=4, steps=1, eot=1, sanity_n=2, progress=False)
+    res = run_demo(tmp_path, n=6, steps=1, eot=1, sanity_n=3, progress=False)
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["rows"]) == len(demo_rows("clf", steps=1, eot=1, eps=0.2))
     assert all("sanity_checks" in r for r in report["rows"])

@@ -87,6 +87,9 @@ def run_demo(out: Path, *, n: int = 24, steps: int = 5, eot: int = 2, sanity_n: 
     from .eval import threats
     from .eval.runner import format_markdown, run_eval
 
+    if n < 4 or sanity_n < 3:
+        raise ValueError(f"demo: need n >= 4 and sanity_n >= 3 (DAD's batch test cannot reject smaller batches), "
+                         f"got n={n}, sanity_n={sanity_n}")
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     clf = str(_classifier_path(progress))
