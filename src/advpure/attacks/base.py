@@ -18,6 +18,8 @@ Everything is validated before any gradient is computed (:meth:`Attack._validate
 
 from __future__ import annotations
 
+import abc
+
 import contextlib
 import copy
 import dataclasses
@@ -176,7 +178,7 @@ class AttackStats:
     iterations: int = 0
 
 
-class Attack:
+class Attack(abc.ABC):
     """Base class; subclasses implement :meth:`_run` on validated inputs.
 
     Common keyword options (each subclass documents its defaults):
@@ -270,9 +272,10 @@ class Attack:
             raise ValueError(f"{self.name}: label {int(y.max())} out of range for a model with {logits.shape[1]} classes")
         return logits
 
+    @abc.abstractmethod
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, logits0: torch.Tensor, eot: int,
-             generator: torch.Generator | None) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+             generator: torch.Generator | None) -> torch.Tensor:
+        """The attack itself, on validated inputs; returns adversarial images inside the threat model."""
 
     # ---- gradient with EOT
     def loss_and_grad(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

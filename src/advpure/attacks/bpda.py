@@ -77,9 +77,13 @@ class BPDA(Attack):
         return new
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._validate(model, x, y)
-        wrapped = self.gradient_model(model)
-        x_adv = self.base(wrapped, x, y)
+        logits0 = self._validate(model, x, y)
+        return self._run(model, x, y, logits0=logits0, eot=self.base.eot, generator=None)
+
+    def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, logits0: torch.Tensor, eot: int,
+             generator: torch.Generator | None) -> torch.Tensor:
+        """Run the base attack on the BPDA model (its own seeding, EOT and forward counting apply)."""
+        x_adv = self.base(self.gradient_model(model), x, y)
         # the BPDA module's forward is the real model's, so the base judged success on the real defense
         self.last_stats = self.base.last_stats
         return x_adv

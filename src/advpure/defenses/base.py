@@ -12,13 +12,15 @@ classifier; they may also look at ``.classifier`` and ``.defense`` (BPDA needs b
 
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
 from ..contracts import check_images
 
 
-class Purifier(nn.Module):
+class Purifier(nn.Module, abc.ABC):
     """Base class for purifiers; subclasses implement :meth:`purify`."""
 
     #: whether two calls on the same input can differ (used by the gradient-masking checks)
@@ -27,8 +29,9 @@ class Purifier(nn.Module):
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.purify(x, generator=generator)
 
-    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Map float [0, 1] NCHW images to purified images of the same shape and range."""
 
     @property
     def nfe(self) -> float:

@@ -8,6 +8,7 @@ the original layouts: :class:`ResNetCifar` loads the third-party "ResNet for CIF
 
 from __future__ import annotations
 
+import abc
 from typing import Sequence
 
 import torch
@@ -20,7 +21,7 @@ CIFAR_MEAN_IMAGENET = (0.485, 0.456, 0.406)
 CIFAR_STD_IMAGENET = (0.229, 0.224, 0.225)
 
 
-class ImageClassifier(nn.Module):
+class ImageClassifier(nn.Module, abc.ABC):
     """Base: validates inputs (range, shape, NaN) and normalises before :meth:`logits`.
 
     Set ``validate_inputs = False`` on an instance to skip the checks in a tight loop.
@@ -45,12 +46,13 @@ class ImageClassifier(nn.Module):
             check_images(x, channels=self.in_channels, size=self.image_size)
         return self.logits((x - self.mean) / self.std)
 
-    def logits(self, x_normalised: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def logits(self, x_normalised: torch.Tensor) -> torch.Tensor:
+        """Logits (N, classes) of already normalised inputs."""
 
+    @abc.abstractmethod
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Penultimate features (used by semantic-aware kernels); subclasses override."""
-        raise NotImplementedError(f"{type(self).__name__} does not expose features()")
+        """Penultimate features of [0, 1] images (used by semantic-aware MMD kernels)."""
 
 
 # --------------------------------------------------------------------------- ResNet for CIFAR (option A)
