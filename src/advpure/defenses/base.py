@@ -20,6 +20,12 @@ import torch.nn as nn
 from ..contracts import check_images
 
 
+def module_generator(module: nn.Module, seed: int) -> torch.Generator:
+    """A generator seeded with ``seed`` on the device of ``module``'s parameters (CPU when it has none)."""
+    dev = next((p.device for p in module.parameters()), torch.device("cpu"))
+    return torch.Generator(device=dev).manual_seed(int(seed))
+
+
 class Purifier(nn.Module, abc.ABC):
     """Base class for purifiers; subclasses implement :meth:`purify`."""
 
@@ -68,8 +74,7 @@ class DefendedClassifier(nn.Module):
     def reseed(self, seed: int) -> None:
         """Reset the defense's random stream (the generator lives on the model's device)."""
         self._seed = seed
-        dev = next((p.device for p in self.parameters()), torch.device("cpu"))
-        self.generator = torch.Generator(device=dev).manual_seed(int(seed))
+        self.generator = module_generator(self, seed)
 
     @property
     def stochastic(self) -> bool:

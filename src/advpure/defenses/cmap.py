@@ -55,7 +55,7 @@ from ..contracts import check_images, check_int, check_logits, check_positive
 from ..diffusion.consistency import ConsistencyModel, load_consistency_model
 from ..eval.quality import ssim
 from ..specs import SpecContext, register
-from .base import Purifier
+from .base import Purifier, module_generator
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_MODELS = {"digits": REPO / "zoo" / "digits-cm.safetensors"}
@@ -310,9 +310,8 @@ class CMAPClassifier(nn.Module):
     stochastic = True
 
     def reseed(self, seed: int) -> None:
-        dev = next((p.device for p in self.parameters()), torch.device("cpu"))
         self._seed = int(seed)
-        self.generator = torch.Generator(device=dev).manual_seed(int(seed))
+        self.generator = module_generator(self, seed)
 
     @property
     def nfe(self) -> float:

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_images, check_int, check_logits
-from .base import Purifier
+from .base import Purifier, module_generator
 
 
 class MajorityVote(nn.Module):
@@ -40,9 +40,8 @@ class MajorityVote(nn.Module):
         self.reseed(seed)
 
     def reseed(self, seed: int) -> None:
-        dev = next((p.device for p in self.parameters()), torch.device("cpu"))
         self._seed = int(seed)
-        self.generator = torch.Generator(device=dev).manual_seed(int(seed))
+        self.generator = module_generator(self, seed)
 
     @property
     def stochastic(self) -> bool:
