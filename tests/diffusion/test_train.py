@@ -49,3 +49,27 @@ def test_cli_registration():
     args = parser.parse_args(["diffusion", "--dataset", "digits", "--steps", "5", "--batch-size", "4",
                               "--out", "x", "--t-max", "0.2", "--resume"])
     assert args.steps == 5 and args.batch_size == 4 and args.t_max == 0.2 and args.resume and callable(args.func)
+
+
+def test_small_t_model_refuses_larger_t_and_draws_purification_grid(tmp_path):
+    from advpure.defenses.diffpure import DiffPure
+    from advpure.defenses.ssni import SSNI
+    from advpure.detect.eps import EPSReference
+
+    r = train_diffusion(dataset="digits", steps=2, batch_size=8, out=tmp_path, progress=False, save_every=0,
+                        t_max=0.2, grid=True)
+    assert r["sidecar"]["t_max"] == 0.2 and r["grid"].endswith("-purify.png")
+    assert (tmp_path / "digits-ddpm-purify.png").stat().st_size > 0
+    eps_model, _ = load_denoiser(r["weights"])
+    x = torch.zeros(2, 1, 8, 8)
+    assert torch.isfinite(eps_model(x, torch.tensor([0.1, 0.2]))).all()
+    with pytest.raises(ValueError, match=r"trained on noise levels t <= 0.2"):
+        eps_model(x, torch.tensor([0.1, 0.5]))
+    with pytest.raises(ValueError, match=r"t\* = 0.3 .* t <= 0.2"):
+        DiffPure(eps_model, t=0.3)
+    ref = EPSReference.from_norms(torch.linspace(1, 2, 16), t_levels=[k / 1000 for k in range(1, 21)],
+                                  checkpoint_sha256=None)
+    ssni = SSNI(DiffPure(eps_model, t=0.1), reference=ref)
+    assert ssni.t_ceil == 0.2  # defaults to the model's range
+    with pytest.raises(ValueError, match=r"t_max \(0.2\)"):
+        SSNI(DiffPure(eps_model, t=0.1), reference=ref, t_ceil=0.5)

@@ -51,6 +51,9 @@ class DiffPure(DiffusionPurifier):
         super().__init__(eps_model, schedule=schedule, image_shape=image_shape, grad_checkpoint=grad_checkpoint,
                          freeze=freeze)
         self.t = _check_t(t)
+        model_t_max = float(getattr(eps_model, "t_max", 1.0))
+        if self.t > model_t_max:
+            raise ValueError(f"DiffPure: t* = {self.t:g} but the denoiser was trained on t <= {model_t_max:g} only")
         self.dt = check_positive(dt, "dt")
         self.n_steps = check_int(n_steps, "n_steps") if n_steps is not None else max(1, math.ceil(self.t / self.dt - 1e-4))
 

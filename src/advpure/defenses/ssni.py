@@ -9,7 +9,7 @@ x_i sits from the clean data's high-density region, measured by ``s_i = ||EPS(x_
 - SSNI-L (linear reweighting):    ``t_i = clip(t* (s_i - min) / (max - min) + b, t_floor, t_ceil)``
 
 Both are then clamped to ``[t_floor, t_ceil]`` (``t_floor`` = 1e-3, one DDPM step, so every sample is
-purified by a valid, positive time; ``t_ceil`` = 1). The per-sample t replaces the shared t* of the
+purified by a valid, positive time; ``t_ceil`` = the model's trained t_max, 1 for a full-range model). The per-sample t replaces the shared t* of the
 wrapped purifier (:class:`~advpure.defenses.diffpure.DiffPure` or any purifier whose ``purify`` takes
 ``t=`` as a per-sample tensor); all samples run in one batch with their own time grids.
 
@@ -54,7 +54,7 @@ class SSNI(Purifier):
     """Wrap a diffusion purifier so each sample gets its own noise level from ||EPS||."""
 
     def __init__(self, base: Purifier, *, reference: EPSReference, mode: str = "N", t_star: float | None = None,
-                 tau: float | None = None, b: float = 0.0, t_floor: float = T_FLOOR, t_ceil: float = 1.0,
+                 tau: float | None = None, b: float = 0.0, t_floor: float = T_FLOOR, t_ceil: float | None = None,
                  differentiable: bool = False, max_batch: int = 1280) -> None:
         super().__init__()
         if mode not in ("N", "L"):
@@ -68,8 +68,11 @@ class SSNI(Purifier):
         self.t_star = float(t_star if t_star is not None else getattr(base, "t"))
         self.tau = check_positive(tau if tau is not None else reference.std, "tau")
         self.b = float(b)
-        if not 0 < t_floor < t_ceil <= float(getattr(base.schedule, "t_max", 1.0)):
-            raise ValueError(f"SSNI: need 0 < t_floor < t_ceil <= the model's t_max, got {t_floor}, {t_ceil}")
+        model_t_max = min(float(getattr(base.schedule, "t_max", 1.0)), float(getattr(base.eps_model, "t_max", 1.0)))
+        t_ceil = model_t_max if t_ceil is None else t_ceil
+        if not 0 < t_floor < t_ceil <= model_t_max:
+            raise ValueError(f"SSNI: need 0 < t_floor < t_ceil <= the model's t_max ({model_t_max:g}), "
+                             f"got t_floor={t_floor}, t_ceil={t_ceil}")
         self.t_floor, self.t_ceil = float(t_floor), float(t_ceil)
         self.t_levels = _levels(reference.t_levels or DEFAULT_T_LEVELS, base.schedule)
         self.differentiable = bool(differentiable)
@@ -125,8 +128,10 @@ class SSNI(Purifier):
 def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | os.PathLike | None = None,
           mode: str = "N", t: float = 0.1, tau: float | None = None, b: float = 0.0, base: str = "diffpure",
           differentiable: bool = False, steps: int | None = None, checkpoint: bool = False,
-          t_ceil: float = 1.0) -> SSNI:
-    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L,t=0.1,tau=..,b=0,t_ceil=1,differentiable=false``.
+          t_ceil: float | None = None) -> SSNI:
+    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L,t=0.1,tau=..,b=0,t_ceil=..,differentiable=false``.
+
+    ``t_ceil`` defaults to the model's trained t_max (1 for a full-range model).
 
     ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps-ref``); its recorded checkpoint
     sha256 must match the model's.

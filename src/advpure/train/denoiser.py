@@ -116,7 +116,12 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
     hist = train_denoiser(den, kernel, clf, x_clean, x_adv, y_src, epochs=args.epochs, lr=args.lr,
                           batch_size=args.batch_size, alpha=args.alpha, noise_std=args.noise_std, seed=args.seed,
                           progress=True)
-    xt, yt = test.tensors()
+    if args.n_test is not None:
+        if not 0 < args.n_test <= len(test):
+            raise ValueError(f"--n-test {args.n_test}: expected 1..{len(test)} (size of the test split)")
+        xt, yt = test.subset(args.n_test, seed=args.seed).tensors()
+    else:
+        xt, yt = test.tensors()
     xa = make_adversarial(clf, xt, yt, eps=eps, steps=args.attack_steps, seed=args.seed + 1)
     gen = torch.Generator().manual_seed(args.seed)
     with torch.no_grad():
@@ -131,7 +136,8 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
     save_denoiser(den, args.out, input_shape=train.shape, dataset=args.dataset, classifier_spec=args.classifier,
                   kernel=str(args.kernel),
                   training={"epochs": args.epochs, "lr": args.lr, "alpha": args.alpha, "batch_size": args.batch_size,
-                            "noise_std": args.noise_std, "seed": args.seed}, result=result)
+                            "noise_std": args.noise_std, "seed": args.seed, "n_adv": args.n_adv},
+                  result={**result, "n_test": len(yt)})
     print(json.dumps({"out": str(args.out), **result}, indent=2))
     return 0
 
@@ -147,6 +153,8 @@ def register(train_subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-clean", type=int, default=500, help="clean images for the MMD term; the rest are attacked")
     p.add_argument("--n-adv", type=int, default=None,
                    help="attack only this many of the remaining train images (default: all; use e.g. 2000 on CIFAR-10)")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="evaluate on a seeded subset of this many test images (default: the whole test split)")
     p.add_argument("--epochs", type=int, default=60, help="(DAD: 60)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam (DAD: 1e-3)")
     p.add_argument("--batch-size", type=int, default=100, help="(DAD: 100)")
