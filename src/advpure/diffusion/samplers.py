@@ -46,7 +46,7 @@ def _per_sample(t: torch.Tensor | float, x: torch.Tensor, name: str, *, allow_ze
         except (TypeError, ValueError):
             raise TypeError(f"{name}: expected a float or a tensor of times, got {t!r}") from None
         tt = torch.full((n,), v, device=x.device, dtype=x.dtype)
-    lo, hi = float(tt.min()), float(tt.max())
+    lo, hi = float(tt.detach().min()), float(tt.detach().max())
     if not (math.isfinite(lo) and math.isfinite(hi)) or hi > 1.0 or lo < 0 or (lo == 0 and not allow_zero):
         interval = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name}: diffusion times must be in {interval}, got values in [{lo:.4g}, {hi:.4g}]")
@@ -98,7 +98,8 @@ def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.
 
     def step(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
              z: torch.Tensor) -> torch.Tensor:
-        return a * x - b * model(x, t) + c * z
+        # a x - b eps + c z as two fused multiply-adds (fewer temporaries than the plain expression)
+        return torch.addcmul(torch.addcmul(a * x, b, model(x, t), value=-1.0), c, z)
 
     x = x_t
     for k in range(n_steps):

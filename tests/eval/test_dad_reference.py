@@ -1,0 +1,33 @@
+"""DAD experiments: where the clean reference set comes from."""
+
+import pytest
+import torch
+
+from advpure.eval.discrepancy import split_reference
+
+
+def _rows(x):
+    return {tuple(r.flatten().tolist()) for r in x}
+
+
+def test_test_split_reference_is_excluded_from_evaluation():
+    ref, pool = split_reference("digits", reference_split="test", n_reference=50, seed=0)
+    from advpure.data import load_dataset
+
+    test = load_dataset("digits", "test")
+    assert ref.shape == (50, 1, 8, 8) and len(pool) == len(test) - 50
+    xp, _ = pool.tensors()
+    assert not _rows(ref) & _rows(xp)  # no reference image is evaluated
+    ev, _ = pool.subset(40, 1).tensors()
+    assert ev.shape[0] == 40 and not _rows(ref) & _rows(ev)
+    ref2, _ = split_reference("digits", reference_split="test", n_reference=50, seed=0)
+    assert torch.equal(ref, ref2)
+
+
+def test_train_reference_and_bad_split():
+    ref, pool = split_reference("digits", reference_split="train", n_reference=30, seed=0)
+    assert ref.shape[0] == 30 and pool.split == "test"
+    with pytest.raises(ValueError, match="reference_split"):
+        split_reference("digits", reference_split="val")
+    with pytest.raises(ValueError, match="n_reference"):
+        split_reference("digits", reference_split="test", n_reference=10_000)
