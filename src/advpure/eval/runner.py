@@ -303,6 +303,7 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
     n_eval = n * len(seeds)
     nfe = float(getattr(model, "nfe", 0.0))
     fpi = sum(fwd) / n_eval if fwd else 0.0
+    eval_fpi = float(protocol.draws_for(model) * (2 if att is not None else 1))  # clean (+ robust) draws
     result: dict[str, Any] = {
         "dataset": {"name": config["dataset"], "split": config["split"], "subset_seed": config["subset_seed"],
                     "n": n},
@@ -316,7 +317,8 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
         "per_seed": per_seed,
         "clean_accuracy": agg("clean", "mean"),
         "cost": {"seconds_total": total_seconds, "seconds_per_image": total_seconds / n_eval,
-                 "attack_forwards_per_image": fpi, "network_evals_per_image": fpi * (1.0 + nfe),
+                 "attack_forwards_per_image": fpi, "evaluation_forwards_per_image": eval_fpi,
+                 "network_evals_per_image": (fpi + eval_fpi) * (1.0 + nfe),
                  "processes": world},
         "sanity_checks": sanity_rows,
         "sanity_warnings": sum(r["status"] == WARN for r in sanity_rows) if sanity_rows else 0,
@@ -364,8 +366,9 @@ def format_markdown(result: dict) -> str:
         rows.append(("perturbation", f"max linf {p['max_linf']:.5f}, max l2 {p['max_l2']:.4f}, NaN {p['nan']}, "
                                      f"pixels [{p['min_pixel']:.3f}, {p['max_pixel']:.3f}]"))
     c = result["cost"]
-    rows.append(("cost", f"{c['seconds_per_image']:.3f} s/image, {c['attack_forwards_per_image']:.1f} forwards/image, "
-                         f"{c['network_evals_per_image']:.1f} network evals/image"))
+    rows.append(("cost", f"{c['seconds_per_image']:.3f} s/image, {c['attack_forwards_per_image']:.1f} attack + "
+                         f"{c.get('evaluation_forwards_per_image', 0):.0f} evaluation forwards/image, "
+                         f"{c['network_evals_per_image']:.1f} network evals/image (classifier + denoiser)"))
     for k, v in (result.get("purified_quality") or {}).items():
         rows.append((f"purified {k.upper()}", f"{v['mean']:.4f} ± {v['std']:.4f}"))
     rows.append(("purified LPIPS", result.get("purified_quality_lpips", "-")))

@@ -225,7 +225,7 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         # images diffused to t_max / 2 and t_max and brought back by the reverse SDE (DiffPure's solver).
         eps_model = DiscreteTimeAdapter(ema.eval()).to(dev)
         g = torch.Generator(device=dev).manual_seed(seed)
-        x0 = data[:16]
+        x0 = data[torch.linspace(0, data.shape[0] - 1, 16).long().to(dev)]  # spread over the (class-sorted) set
         rows = [x0]
         with torch.no_grad():
             for ts in (t_max / 2, t_max):
@@ -245,7 +245,8 @@ def _handler(args: argparse.Namespace) -> int:
                           t_max=args.t_max, time_sampling=args.time, lr=args.lr, seed=args.seed, resume=args.resume,
                           preset=args.preset, data_dir=args.data_dir, device=args.device, name=args.name)
     if "weights" in res:
-        print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {res['final_loss']:.4f})")
+        loss = "n/a (no step in this run)" if res["final_loss"] is None else f"{res['final_loss']:.4f}"
+        print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {loss})")
         if "grid" in res:
             print(f"sample grid: {res['grid']}")
     return 0
