@@ -149,7 +149,8 @@ class DADPathPGD(Attack):
 
     ``mmd_weight=1`` is the DAD authors' adaptive attack (CE + MMD), ``0`` the plain full-gradient attack
     on the denoiser path. Defaults: 100 steps, step size 2.5 eps / steps (Madry et al.), EOT 8, random start.
-    The model must be a DefendedClassifier around a DAD defense in batch mode (the MMD term is the batch's).
+    The model must be a DefendedClassifier around a DAD defense; the MMD term is the batch's MMD^2_u in batch
+    mode and the mean per-sample score in sample mode.
     """
 
     name = "dad-path-pgd"
@@ -176,7 +177,8 @@ class DADPathPGD(Attack):
                 ce = F.cross_entropy(logits, y.repeat(eot), reduction="none").view(eot, -1).mean(0)
                 obj = ce.mean()
                 if det is not None:
-                    obj = obj + self.mmd_weight * det.statistic(xr[: x.shape[0]])
+                    stat = det.statistic(xr[: x.shape[0]])  # batch mode: a scalar; sample mode: (N,)
+                    obj = obj + self.mmd_weight * (stat.mean() if det.per_sample else stat)
                 grad, = torch.autograd.grad(obj, xr)
             grad = grad.view(eot, *x.shape).sum(0)
             step = grad.sign() if self.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)

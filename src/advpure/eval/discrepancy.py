@@ -272,8 +272,10 @@ def split_reference(dataset: str, *, reference_split: str = "train", n_reference
 
 
 def build_dad(*, dataset: str, classifier, kernel: str, denoiser: str, reference: torch.Tensor,
-              test: str = "permutation", n_resamples: int = 100):
-    """DAD in batch mode around the given clean ``reference`` images (see :func:`split_reference`)."""
+              test: str = "permutation", n_resamples: int = 100, mode: str = "batch",
+              calibration: torch.Tensor | None = None):
+    """DAD around the given clean ``reference`` images (see :func:`split_reference`); sample mode calibrates its
+    per-sample threshold at 5% FPR on ``calibration`` (clean images disjoint from reference and evaluation)."""
     from ..defenses.dad import DAD, load_denoiser
     from ..detect.kernels import load_kernel
 
@@ -282,18 +284,27 @@ def build_dad(*, dataset: str, classifier, kernel: str, denoiser: str, reference
     g = load_denoiser(denoiser, input_shape=shape)
     for p in g.parameters():
         p.requires_grad_(False)
-    return DAD(g, k, reference, mode="batch", test=test, n_resamples=n_resamples)
+    dad = DAD(g, k, reference, mode=mode, test=test, n_resamples=n_resamples)
+    if mode == "sample":
+        if calibration is None:
+            raise ValueError("DAD sample mode needs clean calibration images for its per-sample threshold")
+        dad.calibrate_sample(calibration, fpr=0.05)
+    return dad
 
 
 def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denoiser: str, data_dir: str | None = None,
                 eps: float = 0.2, n: int = 150, batch_size: int = 50, seeds: tuple[int, ...] = (0, 1, 2),
                 steps: int = 50, eot: int = 4, attacks: tuple[str, ...] = ("none", "pgd-oblivious", "dad-adaptive",
                                                                          "detector-aware", "dad-denoiser"),
-                margin: float = 0.5, reference_split: str = "train", out: str | Path | None = None) -> dict:
-    """DAD's accuracy (batch mode, permutation test, alpha 0.05) under each attack, per seed and mean/std.
+                margin: float = 0.5, reference_split: str = "train", mode: str = "batch", n_calib: int = 300,
+                out: str | Path | None = None) -> dict:
+    """DAD's accuracy (batch mode: permutation test, alpha 0.05; sample mode: per-sample threshold at 5% FPR)
+    under each attack, per seed and mean/std.
 
     Per seed s: a seeded test subset of ``n`` images (``subset(n, s)``), batches of ``batch_size``; each
-    attacked batch is then classified once through DAD with a generator seeded by (s, batch).
+    attacked batch is then classified once through DAD with a generator seeded by (s, batch). "flagged" is the
+    fraction of flagged batches (batch mode) or of flagged inputs (sample mode). Sample mode takes ``n_calib``
+    further clean images (after the 200 reference images, same split) for its threshold.
     """
     from ..attacks import PGD
     from ..attacks.detector_aware import DADPathPGD, DetectorAwarePGD
@@ -302,8 +313,12 @@ def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denois
 
     t0 = time.time()
     clf = _load_classifier(classifier)
-    ref, test = split_reference(dataset, reference_split=reference_split, data_dir=data_dir)
-    dad = build_dad(dataset=dataset, classifier=clf, kernel=kernel, denoiser=denoiser, reference=ref)
+    if mode not in ("batch", "sample"):
+        raise ValueError(f"mode: expected 'batch' or 'sample', got {mode!r}")
+    extra = n_calib if mode == "sample" else 0
+    ref, test = split_reference(dataset, reference_split=reference_split, n_reference=200 + extra, data_dir=data_dir)
+    dad = build_dad(dataset=dataset, classifier=clf, kernel=kernel, denoiser=denoiser, reference=ref[:200],
+                    mode=mode, calibration=ref[200:] if extra else None)
     model = DefendedClassifier(clf, dad)
 
     def make(a: str, s: int):
@@ -336,7 +351,7 @@ def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denois
                     pred = clf(dad.purify(xa, generator=g)).argmax(1)
                     und += int((clf(xa).argmax(1) == yb).sum())
                 correct += int((pred == yb).sum())
-                flagged += int(bool(dad.last_flags.all()))
+                flagged += float(dad.last_flags.float().mean()) if mode == "sample" else int(bool(dad.last_flags.all()))
                 nb += 1
             per[a]["accuracy"].append(correct / n)
             per[a]["detected_batches"].append(flagged / nb)
@@ -346,7 +361,7 @@ def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denois
                for a, d in per.items()}
     result = {"command": "advpure " + " ".join(sys.argv[1:]), "dataset": dataset, "classifier": classifier,
               "kernel": kernel, "denoiser": denoiser, "eps": eps, "n": n, "batch_size": batch_size,
-              "seeds": list(seeds), "steps": steps, "eot": eot, "margin": margin, "reference_split": reference_split,
+              "seeds": list(seeds), "steps": steps, "eot": eot, "margin": margin, "reference_split": reference_split, "mode": mode,
               "dad": dad.describe(), "results": summary,
               "seconds": time.time() - t0}
     if out is not None:
@@ -357,9 +372,12 @@ def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denois
 
 
 def dad_table(r: dict) -> str:
-    lines = [f"DAD on {r['dataset']} (batch mode, permutation test alpha 0.05, batches of {r['batch_size']}), linf "
-             f"eps {r['eps']:.3g}, {r['n']} test images per seed, seeds {r['seeds']}",
-             "", "| attack | DAD accuracy (mean +- std) | batches flagged | classifier alone on the inputs |",
+    mode = r.get("mode", "batch")
+    how = "batch mode, permutation test alpha 0.05" if mode == "batch" else "sample mode, threshold at 5% FPR"
+    lines = [f"DAD on {r['dataset']} ({how}, batches of {r['batch_size']}, {r.get('reference_split', 'train')}-split "
+             f"reference), linf eps {r['eps']:.3g}, {r['n']} test images per seed, seeds {r['seeds']}",
+             "", f"| attack | DAD accuracy (mean +- std) | {'batches' if mode == 'batch' else 'inputs'} flagged | "
+             "classifier alone on the inputs |",
              "| --- | --- | --- | --- |"]
     for a, d in r["results"].items():
         acc, fl, und = d["accuracy"], d["detected_batches"], d["undefended_accuracy"]
@@ -374,7 +392,7 @@ def cmd_dad_attacks(args: argparse.Namespace) -> int:
                     data_dir=args.data_dir, eps=args.eps, n=args.n, batch_size=args.batch_size,
                     seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, eot=args.eot,
                     attacks=tuple(args.attacks.split(",")), margin=args.margin,
-                    reference_split=args.reference_split, out=args.out)
+                    reference_split=args.reference_split, mode=args.mode, out=args.out)
     print(dad_table(r))
     print(f"wrote {args.out}/dad-attacks.json ({r['seconds']:.0f} s)")
     return 0
@@ -398,6 +416,9 @@ def _register_dad(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--attacks", default="none,pgd-oblivious,dad-adaptive,detector-aware,dad-denoiser")
     p.add_argument("--reference-split", choices=("train", "test"), default="train",
                    help="clean reference set: 200 train images, or 200 test images excluded from evaluation")
+    p.add_argument("--mode", choices=("batch", "sample"), default="batch",
+                   help="DAD decision per batch (permutation test) or per input (threshold at 5%% FPR, calibrated "
+                        "on 300 further clean images of the reference split)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="dad-attacks")
     p.set_defaults(func=cmd_dad_attacks)
