@@ -42,6 +42,11 @@ for job in "$@"; do case $job in
   certify) ev certify-denoised-resnet56 $C --threat certify --classifier $R56 --denoiser $M --sigma 0.25 --n0 50 --n-mc 500 --n 25 --batch-size 100 ;;
   epsad) $A eps-ad --dataset cifar10 --data-dir $D --classifier $R56 --model $M --train-eps 4/255 --n-train 200 --n-ref 200 \
            --n-calib 200 --n-test 100 --epochs 100 --linf-budgets 2/255,4/255,8/255 --l2-budgets 0.5 --threads 1 --out $O/eps-ad ;;
+  dp56strong) ev diffpure-linf-resnet56-pgd20eot4 $C --n 16 --batch-size 16 --seeds 0 --eval-draws 3 --classifier $R56 --defense "diffpure:model=$M,t=0.1,steps=20,checkpoint=true" --attack "pgd:norm=linf,eps=8/255,steps=20,step_size=1/255,eot=4" --no-sanity ;;
+  ssniNstrong) ev ssniN-linf-resnet56-pgd20eot4 $C --n 16 --batch-size 16 --seeds 0 --eval-draws 3 --classifier $R56 --defense "ssni:model=$M,mode=N,t=0.1,steps=20,checkpoint=true" --attack "pgd:norm=linf,eps=8/255,steps=20,step_size=1/255,eot=4" --no-sanity ;;
+  dadsample) $A dad-attacks --dataset cifar10 --data-dir $D --classifier $R56 --kernel reports/cifar10/mmd-opt-kernel-resnet56.safetensors \
+               --denoiser reports/cifar10/dad/dad-denoiser-resnet56.safetensors --eps 8/255 --n 100 --batch-size 50 \
+               --seeds 0,1,2 --steps 10 --eot 2 --reference-split test --mode sample --threads 1 --out reports/cifar10/dad/dad-attacks-sample-mode ;;
   *) echo "unknown job $job"; exit 2 ;;
 esac; done
 echo "done $(date +%T)"
