@@ -5,13 +5,13 @@ calibrated on 300 further held-out test images at 5% FPR; 9 disjoint batches of 
 Adversarial inputs: PGD-20 l_inf 8/255 on the classifier alone (as in the digits table).
 usage: OMP_NUM_THREADS=1 python reports/scripts/cifar10_dad_mixed_batches.py [SEED ...]
 """
-import json, sys, time, torch, numpy as np
+import json, sys, time, torch
 torch.set_num_threads(1)
 from advpure.models import load_classifier
 from advpure.defenses.dad import DAD, load_denoiser
 from advpure.detect.kernels import load_kernel
 from advpure.detect.mmd_opt import make_adversarial, test_power, type1_error
-from advpure.eval.discrepancy import split_reference
+from advpure.eval.discrepancy import mixed_batch_table, split_reference
 
 D = "../shared/data/cifar10-jpeg.tar.gz"
 clf = load_classifier("resnet56:../shared/models/resnet56-4bfd9763.th")
@@ -33,24 +33,7 @@ for seed in [int(s) for s in sys.argv[1:]] or [0]:
     r["type1_m50_test_vs_test"] = type1_error(k, xt, m=50, n_tests=100, seed=seed)
     dad_b = DAD(den, k, ref, mode="batch", test="permutation", alpha=0.05, n_resamples=100)
     dad_s = DAD(den, k, ref, mode="sample"); r["sample_threshold"] = dad_s.calibrate_sample(cal, fpr=0.05)
-    table = {}
-    gb = torch.Generator().manual_seed(seed + 11)
-    for f in (0.0, 0.1, 0.25, 0.5, 1.0):
-        accs = {"batch": [], "sample": [], "flag_batch": [], "flag_sample_adv": [], "flag_sample_clean": []}
-        for b in range(9):
-            ii = perm[b * 50:(b + 1) * 50]
-            na = int(round(f * 50))
-            x = xt[ii].clone(); x[:na] = xa[ii[:na]]; y = yt[ii]
-            with torch.no_grad():
-                pb = clf(dad_b(x, generator=gb)).argmax(1)
-                accs["flag_batch"].append(float(dad_b.last_flags.float().mean()))
-                ps = clf(dad_s(x, generator=gb)).argmax(1)
-                fl = dad_s.last_flags
-                if na: accs["flag_sample_adv"].append(float(fl[:na].float().mean()))
-                if na < 50: accs["flag_sample_clean"].append(float(fl[na:].float().mean()))
-            accs["batch"].append(float((pb == y).float().mean())); accs["sample"].append(float((ps == y).float().mean()))
-        table[f] = {k2: (float(np.mean(v)) if v else None) for k2, v in accs.items()}
-        print(f, json.dumps(table[f]), flush=True)
+    table = mixed_batch_table(clf, dad_b, dad_s, xt, yt, xa, perm, generator=torch.Generator().manual_seed(seed + 11))
     r["mixed"] = table
     r["seconds"] = time.time() - t0
     out[seed] = r

@@ -1,5 +1,5 @@
 """DAD on digits: MMD-OPT power/type-I, denoiser, DAD clean/robust accuracy, mixed-batch table."""
-import json, sys, time, torch, numpy as np
+import json, sys, time, torch
 torch.set_num_threads(1)
 from advpure.models import load_classifier
 from advpure.data import load_dataset
@@ -7,6 +7,7 @@ from advpure.detect import build_deep_kernel
 from advpure.detect.mmd_opt import make_adversarial, train_kernel, test_power, type1_error
 from advpure.defenses.dad import DAD, ResidualUNet, add_noise
 from advpure.train.denoiser import train_denoiser
+from advpure.eval.discrepancy import mixed_batch_table
 EPS = 0.2; M = 50
 clf = load_classifier("zoo/digits-small-cnn.safetensors")
 for p in clf.parameters(): p.requires_grad_(False)
@@ -45,23 +46,7 @@ for seed in seeds:
     dad_b = DAD(den, k, ref, mode="batch", test="permutation", alpha=0.05, n_resamples=100)
     dad_s = DAD(den, k, ref, mode="sample"); r["sample_threshold"] = dad_s.calibrate_sample(cal, fpr=0.05)
     # mixed batches of 50 from the test set at adversarial fraction f
-    table = {}
-    gb = torch.Generator().manual_seed(seed + 11)
-    for f in (0.0, 0.1, 0.25, 0.5, 1.0):
-        accs = {"batch": [], "sample": [], "flag_batch": [], "flag_sample_adv": [], "flag_sample_clean": []}
-        for b in range(9):  # 9 disjoint batches of 50 = the whole test set
-            ii = perm[b * 50:(b + 1) * 50]
-            na = int(round(f * 50))
-            x = xt[ii].clone(); x[:na] = xa_t[ii[:na]]; y = yt[ii]
-            with torch.no_grad():
-                pb = clf(dad_b(x, generator=gb)).argmax(1)
-                accs["flag_batch"].append(float(dad_b.last_flags.float().mean()))
-                ps = clf(dad_s(x, generator=gb)).argmax(1)
-                fl = dad_s.last_flags
-                if na: accs["flag_sample_adv"].append(float(fl[:na].float().mean()))
-                if na < 50: accs["flag_sample_clean"].append(float(fl[na:].float().mean()))
-            accs["batch"].append(float((pb == y).float().mean())); accs["sample"].append(float((ps == y).float().mean()))
-        table[f] = {k2: (float(np.mean(v)) if v else None) for k2, v in accs.items()}
+    table = mixed_batch_table(clf, dad_b, dad_s, xt, yt, xa_t, perm, generator=torch.Generator().manual_seed(seed + 11))
     r["mixed"] = table
     r["seconds"] = time.time() - t0
     out[seed] = r

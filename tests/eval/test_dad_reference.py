@@ -50,3 +50,27 @@ def test_dad_attacks_runs_in_both_modes(mode, tmp_path):
         dad_attacks(dataset="digits", classifier="zoo/digits-small-cnn.safetensors",
                     kernel="zoo/digits-dad-kernel.safetensors", denoiser="zoo/digits-dad-denoiser.safetensors",
                     n=10, mode="both")
+
+
+def test_mixed_batch_table_on_digits():
+    from advpure.data import load_dataset
+    from advpure.detect.mmd_opt import make_adversarial
+    from advpure.eval.discrepancy import build_dad, mixed_batch_table
+    from advpure.models import load_classifier
+
+    clf = load_classifier("zoo/digits-small-cnn.safetensors")
+    ref, pool = split_reference("digits", reference_split="test", n_reference=250, seed=0)
+    kw = dict(dataset="digits", classifier=clf, kernel="zoo/digits-dad-kernel.safetensors",
+              denoiser="zoo/digits-dad-denoiser.safetensors")
+    dad_b = build_dad(reference=ref[:150], **kw)
+    dad_s = build_dad(reference=ref[:150], mode="sample", calibration=ref[150:], **kw)
+    x, y = pool.subset(40, 0).tensors()
+    xa = make_adversarial(clf, x, y, eps=0.2, steps=5, seed=0)
+    t = mixed_batch_table(clf, dad_b, dad_s, x, y, xa, torch.arange(40), fractions=(0.0, 0.5, 1.0), n_batches=2,
+                          batch_size=20, generator=torch.Generator().manual_seed(0))
+    assert t[0.0]["flag_sample_adv"] is None and t[1.0]["flag_sample_clean"] is None
+    assert t[0.5]["flag_sample_adv"] is not None and t[0.5]["flag_sample_clean"] is not None
+    for row in t.values():
+        assert all(v is None or 0 <= v <= 1 for v in row.values())
+    # all-PGD batches are flagged at least as often as clean ones, and some are (batches of 20: power below 1)
+    assert t[1.0]["flag_batch"] > 0 and t[1.0]["flag_batch"] >= t[0.0]["flag_batch"]

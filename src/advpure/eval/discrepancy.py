@@ -292,6 +292,43 @@ def build_dad(*, dataset: str, classifier, kernel: str, denoiser: str, reference
     return dad
 
 
+def mixed_batch_table(clf, dad_batch, dad_sample, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+                      order: torch.Tensor, *, fractions=(0.0, 0.1, 0.25, 0.5, 1.0), n_batches: int = 9,
+                      batch_size: int = 50, generator: torch.Generator | None = None) -> dict:
+    """DAD on batches that mix clean and adversarial inputs (issue: an attacker hides a few among clean ones).
+
+    For each adversarial fraction f, ``n_batches`` disjoint batches (``order`` gives the image indices); the
+    first ``round(f * batch_size)`` inputs of a batch are replaced by their adversarial versions. Returns, per f,
+    the mean over batches of: accuracy through the batch-mode and the sample-mode DAD, the fraction of flagged
+    batches (batch mode), and the fractions of flagged adversarial and clean inputs (sample mode; None when the
+    batch has none of that kind).
+    """
+    table = {}
+    for f in fractions:
+        accs: dict[str, list[float]] = {"batch": [], "sample": [], "flag_batch": [], "flag_sample_adv": [],
+                                        "flag_sample_clean": []}
+        na = int(round(f * batch_size))
+        for b in range(n_batches):
+            ii = order[b * batch_size:(b + 1) * batch_size]
+            xb = x[ii].clone()
+            xb[:na] = x_adv[ii[:na]]
+            yb = y[ii]
+            with torch.no_grad():
+                pb = clf(dad_batch(xb, generator=generator)).argmax(1)
+                accs["flag_batch"].append(float(dad_batch.last_flags.float().mean()))
+                ps = clf(dad_sample(xb, generator=generator)).argmax(1)
+                fl = dad_sample.last_flags
+            if na:
+                accs["flag_sample_adv"].append(float(fl[:na].float().mean()))
+            if na < batch_size:
+                accs["flag_sample_clean"].append(float(fl[na:].float().mean()))
+            accs["batch"].append(float((pb == yb).float().mean()))
+            accs["sample"].append(float((ps == yb).float().mean()))
+        table[f] = {k: (sum(v) / len(v) if v else None) for k, v in accs.items()}
+        log.info("mixed batches f=%g: %s", f, table[f])
+    return table
+
+
 def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denoiser: str, data_dir: str | None = None,
                 eps: float = 0.2, n: int = 150, batch_size: int = 50, seeds: tuple[int, ...] = (0, 1, 2),
                 steps: int = 50, eot: int = 4, attacks: tuple[str, ...] = ("none", "pgd-oblivious", "dad-adaptive",
