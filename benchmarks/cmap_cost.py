@@ -1,4 +1,4 @@
-"""CMAP's cost per image next to DiffPure's, measured in the same run on the digits models.
+"""CMAP's cost per image next to DiffPure's, measured in the same run (digits models by default).
 
 Prints network evaluations per image (forward passes of the consistency model / the diffusion UNet,
 counted by forward hooks; CMAP also runs one backward pass per iteration) and wall-clock seconds per
@@ -6,6 +6,8 @@ image, and the ratio CMAP / DiffPure. Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/cmap_cost.py [--n 32] [--cm zoo/digits-cm.safetensors]
         [--ddpm zoo/digits-ddpm.safetensors] [--k 4] [--iterations 30] [--diffpure-steps 100]
+    OMP_NUM_THREADS=1 python benchmarks/cmap_cost.py --dataset cifar10 --data-dir ../shared/data/cifar10-jpeg.tar.gz \
+        --cm zoo/cifar10-cm-cd-tiny.safetensors --ddpm zoo/cifar10-ddpm-tiny-t0.2.safetensors
 
 DiffPure runs the paper's setting (t* = 0.1, dt = 1e-3: 100 reverse-SDE steps) unless told otherwise.
 """
@@ -38,6 +40,8 @@ def timed(fn, reps: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--dataset", default="digits")
+    ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cm", default="zoo/digits-cm.safetensors")
     ap.add_argument("--ddpm", default="zoo/digits-ddpm.safetensors")
     ap.add_argument("--k", type=int, default=None)
@@ -51,9 +55,10 @@ def main() -> None:
     from advpure.defenses.diffpure import DiffPure
     from advpure.diffusion.models import load_denoiser
 
-    x, _ = load_dataset("digits", "test").subset(a.n, 0).tensors()
-    cmap = load_cmap(a.cm, k=a.k or DEFAULTS["k"], iterations=a.iterations or DEFAULTS["iterations"])
-    net, _ = load_denoiser(a.ddpm, image_shape=(1, 8, 8))
+    x, _ = load_dataset(a.dataset, "test", data_dir=a.data_dir).subset(a.n, 0).tensors()
+    shape = tuple(x.shape[1:])
+    cmap = load_cmap(a.cm, image_shape=shape, k=a.k or DEFAULTS["k"], iterations=a.iterations or DEFAULTS["iterations"])
+    net, _ = load_denoiser(a.ddpm, image_shape=shape)
     dp = DiffPure(net, t=0.1, n_steps=a.diffpure_steps)
     g = torch.Generator().manual_seed(0)
     rows = []
@@ -72,7 +77,7 @@ def main() -> None:
     (_, n_dp, s_dp, _), (_, n_cm, s_cm, _) = rows
     print(f"ratio CMAP / DiffPure: {n_cm / n_dp:.2f}x network evaluations, {s_cm / s_dp:.2f}x seconds "
           f"(CMAP k={cmap.k}, iterations={cmap.iterations}, forward+backward per iteration; "
-          f"DiffPure t*=0.1, {dp.n_steps} steps; batch {a.n}, torch threads {torch.get_num_threads()})")
+          f"DiffPure t*=0.1, {dp.n_steps} steps; {a.dataset}, batch {a.n}, torch threads {torch.get_num_threads()})")
 
 
 if __name__ == "__main__":

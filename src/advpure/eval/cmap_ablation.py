@@ -62,14 +62,29 @@ def _trace_accuracy(cmap, clf, x, y, seed: int, every: int) -> dict[str, list]:
     return out
 
 
+def _subset(dataset: str, data_dir: str | None, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from ..data import load_dataset
+
+    return load_dataset(dataset, "test", data_dir=data_dir).subset(n, seed).tensors()
+
+
+def _cmap_options(iterations: int | None, k: int | None, lr: float | None, lam: float | None,
+                  lam_s: float | None) -> dict[str, Any]:
+    """CMAP's options with ``None`` meaning its documented default."""
+    from ..defenses.cmap import DEFAULTS
+
+    given = {"iterations": iterations, "k": k, "lr": lr, "lam": lam, "lam_s": lam_s}
+    return {key: DEFAULTS[key] if v is None else v for key, v in given.items()}
+
+
 def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, out: str | Path,
                  iterations: int = 60, every: int = 5, lam: float = 3.0, eps: float = 0.2, k: int = 4,
-                 lr: float | None = None, lam_s: float | None = None, k_iterations: int | None = None
+                 lr: float | None = None, lam_s: float | None = None, k_iterations: int | None = None,
+                 dataset: str = "digits", data_dir: str | None = None, ks: tuple[int, ...] = (1, 2, 4, 8)
                  ) -> dict[str, Any]:
     """The ablation figures (module docstring). ``iterations``: length of the iteration curves;
     ``k_iterations`` (default: CMAP's default iterations): iterations for the voting and K comparisons."""
     from ..attacks import PGD
-    from ..data import load_dataset
     from ..defenses.cmap import DEFAULTS, load_cmap
     from ..models import load_classifier
 
@@ -77,19 +92,20 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
     out.mkdir(parents=True, exist_ok=True)
     plt = _plt()
     clf = load_classifier(classifier).eval()
-    x, y = load_dataset("digits", "test").subset(n, seed).tensors()
+    x, y = _subset(dataset, data_dir, n, seed)
     x_adv = PGD(norm="linf", eps=eps, steps=20, step_size=2.5 * eps / 20, seed=seed)(clf, x, y)
     with torch.no_grad():
         base = {"clean": float((clf(x).argmax(1) == y).float().mean()),
                 "pgd_on_classifier": float((clf(x_adv).argmax(1) == y).float().mean())}
     k_iterations = k_iterations or DEFAULTS["iterations"]
     opts = dict(lr=lr if lr is not None else DEFAULTS["lr"], lam_s=lam_s if lam_s is not None else DEFAULTS["lam_s"])
-    report: dict[str, Any] = {"n": n, "seed": seed, "eps_linf": eps, "undefended": base, "k": k, **opts,
+    report: dict[str, Any] = {"dataset": dataset, "n": n, "seed": seed, "eps_linf": eps, "undefended": base, "k": k,
+                              **opts, "model": str(model), "classifier": str(classifier),
                               "adv_examples": "PGD-linf 20 steps against the undefended classifier"}
     # 1. iterations x lambda
     curves = {}
     for lam_v in (0.0, lam):
-        c = load_cmap(model, k=k, iterations=iterations, lam=lam_v, **opts)
+        c = load_cmap(model, image_shape=tuple(x.shape[1:]), k=k, iterations=iterations, lam=lam_v, **opts)
         curves[lam_v] = {"clean": _trace_accuracy(c, clf, x, y, seed, every),
                          "adv": _trace_accuracy(c, clf, x_adv, y, seed, every)}
     report["iterations"] = {str(kk): v for kk, v in curves.items()}
@@ -102,7 +118,7 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
     ax[0].axhline(base["clean"], color="gray", lw=0.8, ls=":", label="undefended clean")
     ax[0].axhline(base["pgd_on_classifier"], color="red", lw=0.8, ls=":", label="undefended under PGD")
     ax[0].set(xlabel="latent optimisation iterations", ylabel=f"accuracy (vote over K={k})",
-              title=f"CMAP on digits, n={n}, eps={eps}")
+              title=f"CMAP on {dataset}, n={n}, eps={eps:.4g}")
     ax[0].legend(fontsize=7)
     ax[1].axhline(0, color="gray", lw=0.8, ls=":")
     ax[1].axhline(1, color="gray", lw=0.8, ls=":", label="prior: mean 0, std 1")
@@ -129,10 +145,10 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
     fig.savefig(out / "voting.png", dpi=110)
     plt.close(fig)
     # 3. K
-    ks = [1, 2, 4, 8]
+    ks = list(ks)
     kres = {"clean": [], "adv": []}
     for kv in ks:
-        c = load_cmap(model, k=kv, iterations=k_iterations, lam=lam, **opts)
+        c = load_cmap(model, image_shape=tuple(x.shape[1:]), k=kv, iterations=k_iterations, lam=lam, **opts)
         for part, xx in (("clean", x), ("adv", x_adv)):
             r = c.optimise(xx, generator=torch.Generator().manual_seed(seed))
             kres[part].append(float((_vote(clf, r.samples)[0] == y).float().mean()))
@@ -151,7 +167,7 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
     # a few purified examples
     from ..train.diffusion import save_grid
 
-    c = load_cmap(model, k=k, iterations=k_iterations, lam=lam, **opts)
+    c = load_cmap(model, image_shape=tuple(x.shape[1:]), k=k, iterations=k_iterations, lam=lam, **opts)
     r = c.optimise(x_adv[:8], generator=torch.Generator().manual_seed(seed))
     grid = torch.cat([x[:8], x_adv[:8], r.samples.transpose(0, 1).flatten(0, 1)])
     save_grid(grid, out / "examples.png", nrow=8, title="rows: clean, PGD adv, then CMAP samples k=1..K of adv")
@@ -162,7 +178,9 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
 def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 100, seed: int = 0,
                 out: str | Path, eps: float = 0.2, pgd_steps: int = 10, eot: int = 2, iterations: int | None = None,
                 k: int | None = None, diffpure_steps: int = 20, diffpure_t: float = 0.1,
-                skip_full: bool = False, full_steps: int = 5, parts: str = "cmap,full,diffpure") -> dict[str, Any]:
+                skip_full: bool = False, full_steps: int = 5, parts: str = "cmap,full,diffpure",
+                dataset: str = "digits", data_dir: str | None = None, lr: float | None = None,
+                lam: float | None = None, lam_s: float | None = None, disruption_steps: int = 30) -> dict[str, Any]:
     """Clean and robust accuracy of CMAP (vote) and DiffPure under adaptive attacks on the same images.
 
     ``parts``: comma-separated subset of ``cmap`` (clean, consistency disruption, BPDA-EOT), ``disruption``
@@ -172,22 +190,22 @@ def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 10
     if not todo <= {"cmap", "disruption", "full", "diffpure"}:
         raise ValueError(f"parts: expected a subset of cmap,disruption,full,diffpure, got {parts!r}")
     from ..attacks import BPDA, PGD
-    from ..data import load_dataset
     from ..defenses import DefendedClassifier
-    from ..defenses.cmap import DEFAULTS, CMAPClassifier, load_cmap
+    from ..defenses.cmap import CMAPClassifier, load_cmap
     from ..models import load_classifier
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clf = load_classifier(classifier).eval()
-    x, y = load_dataset("digits", "test").subset(n, seed).tensors()
-    opts = {"k": k or DEFAULTS["k"], "iterations": iterations or DEFAULTS["iterations"]}
-    cmap = load_cmap(model, **opts)
+    x, y = _subset(dataset, data_dir, n, seed)
+    opts = _cmap_options(iterations, k, lr, lam, lam_s)
+    cmap = load_cmap(model, image_shape=tuple(x.shape[1:]), **opts)
     voted = CMAPClassifier(clf, cmap, seed=seed)
     single = DefendedClassifier(clf, cmap, seed=seed)
     step = 2.5 * eps / pgd_steps
-    report: dict[str, Any] = {"n": n, "seed": seed, "eps_linf": eps, "cmap": cmap.describe(), "pgd_steps": pgd_steps,
-                              "eot": eot, "rows": []}
+    report: dict[str, Any] = {"dataset": dataset, "n": n, "seed": seed, "eps_linf": eps, "cmap": cmap.describe(),
+                              "model": str(model), "classifier": str(classifier), "teacher": teacher,
+                              "pgd_steps": pgd_steps, "eot": eot, "rows": []}
 
     def acc(m: nn.Module, xx: torch.Tensor, s: int) -> float:
         m.reseed(s) if hasattr(m, "reseed") else None
@@ -204,7 +222,7 @@ def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 10
     t0 = time.perf_counter()
     row("undefended / clean", clf, x, t0)
     if todo & {"cmap", "disruption"}:
-        _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo)
+        _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo, disruption_steps)
     if "full" in todo and not skip_full:
         t0 = time.perf_counter()
         pgd = PGD(norm="linf", eps=eps, steps=full_steps, step_size=2.5 * eps / full_steps, eot=eot, seed=seed,
@@ -216,7 +234,7 @@ def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 10
         from ..defenses.diffpure import DiffPure
         from ..diffusion.models import load_denoiser
 
-        net, _ = load_denoiser(teacher, image_shape=(1, 8, 8))
+        net, _ = load_denoiser(teacher, image_shape=tuple(x.shape[1:]))
         dp = DefendedClassifier(clf, DiffPure(net, t=diffpure_t, n_steps=diffpure_steps), seed=seed)
         t0 = time.perf_counter()
         row(f"diffpure(t={diffpure_t}, {diffpure_steps} steps) / clean", dp, x, t0)
@@ -230,7 +248,7 @@ def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 10
     return report
 
 
-def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo) -> None:
+def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo, disruption_steps) -> None:
     from ..attacks import BPDA
     from ..attacks.cmap_attack import ConsistencyDisruption
 
@@ -241,10 +259,10 @@ def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo) 
         row("cmap-best / clean", single, x, t0)
     if "cmap" in todo or "disruption" in todo:
         t0 = time.perf_counter()
-        atk = ConsistencyDisruption(eps=eps, steps=30, seed=seed)
+        atk = ConsistencyDisruption(eps=eps, steps=disruption_steps, seed=seed)
         xa = atk(voted, x, y)
         any_fooled = atk.last_fooled_any
-        row("cmap-vote / consistency-disruption (gamma=1, 30 steps)", voted, xa, t0,
+        row(f"cmap-vote / consistency-disruption (gamma=1, {disruption_steps} steps)", voted, xa, t0,
             {"accuracy_no_candidate_fooled_at_attack_time": float(1 - any_fooled.float().mean())})
     if "cmap" not in todo:
         return
@@ -253,21 +271,42 @@ def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo) 
     row(f"cmap-vote / BPDA-EOT (PGD {pgd_steps} steps, EOT {eot}, identity backward)", voted, xa, t0)
 
 
+#: per-dataset defaults of the command (CIFAR-10: the classifier is the user's, e.g. the shared ResNet-56)
+DATASET_DEFAULTS = {
+    "digits": {"model": "zoo/digits-cm.safetensors", "classifier": "zoo/digits-small-cnn.safetensors", "eps": 0.2},
+    "cifar10": {"model": "zoo/cifar10-cm-cd-tiny.safetensors", "classifier": None, "eps": 8 / 255},
+}
+
+
+def _fraction(s: str) -> float:
+    a, sep, b = s.partition("/")
+    return float(a) / float(b) if sep else float(s)
+
+
 def _handler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.dataset != "digits":
-        raise ValueError(f"cmap-ablation: only --dataset digits is supported (got {args.dataset!r})")
+    defaults = DATASET_DEFAULTS.get(args.dataset)
+    if defaults is None:
+        raise ValueError(f"cmap-ablation: --dataset must be one of {sorted(DATASET_DEFAULTS)}, got {args.dataset!r}")
+    for key in ("model", "classifier", "eps"):
+        if getattr(args, key) is None:
+            if defaults[key] is None:
+                raise ValueError(f"cmap-ablation --dataset {args.dataset}: pass --{key} (no default for this dataset)")
+            setattr(args, key, defaults[key])
     torch.manual_seed(args.seed)
+    common = dict(model=args.model, classifier=args.classifier, n=args.n, seed=args.seed, out=args.out, eps=args.eps,
+                  dataset=args.dataset, data_dir=args.data_dir, lr=args.lr, lam_s=args.lam_s)
     if args.attacks:
-        rep = run_attacks(model=args.model, classifier=args.classifier, teacher=args.teacher, n=args.n,
-                          seed=args.seed, out=args.out, eps=args.eps, pgd_steps=args.pgd_steps, eot=args.eot,
-                          iterations=args.iterations, k=args.k, skip_full=args.skip_full, full_steps=args.full_steps,
-                          parts=args.parts)
+        rep = run_attacks(**common, teacher=args.teacher, pgd_steps=args.pgd_steps, eot=args.eot,
+                          iterations=args.iterations, k=args.k, lam=args.lam, skip_full=args.skip_full,
+                          full_steps=args.full_steps, parts=args.parts, disruption_steps=args.disruption_steps,
+                          diffpure_t=args.diffpure_t, diffpure_steps=args.diffpure_steps)
         for r in rep["rows"]:
             print(f"{r['accuracy']:.3f}  {r['defense_attack']}  ({r['seconds']} s)")
         return 0
-    rep = run_ablation(model=args.model, classifier=args.classifier, n=args.n, seed=args.seed, out=args.out,
-                       iterations=args.iterations or 60, lam=args.lam, eps=args.eps, k=args.k or 4)
+    rep = run_ablation(**common, iterations=args.curve_iterations, every=args.every,
+                       lam=3.0 if args.lam is None else args.lam, k=args.k or 4, k_iterations=args.iterations,
+                       ks=tuple(int(v) for v in args.ks.split(",")))
     print(json.dumps({kk: rep[kk] for kk in ("undefended", "voting", "k_sweep")}, indent=1))
     print(f"figures in {args.out}: iterations.png, voting.png, k.png, examples.png")
     return 0
@@ -276,20 +315,32 @@ def _handler(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("cmap-ablation", help="CMAP ablations (iterations, lambda, voting, K) and attacks",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--model", default="zoo/digits-cm.safetensors", help="consistency model")
-    p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors")
+    p.add_argument("--dataset", default="digits", choices=sorted(DATASET_DEFAULTS))
+    p.add_argument("--data-dir", default=None, help="dataset location (cifar10: the JPEG archive or folder)")
+    p.add_argument("--model", default=None, help="consistency model (default: zoo/digits-cm or zoo/cifar10-cm-cd-tiny)")
+    p.add_argument("--classifier", default=None, help="classifier spec (digits default: zoo/digits-small-cnn)")
     p.add_argument("--teacher", default=None, help="diffusion model for the DiffPure comparison (--attacks)")
     p.add_argument("--n", type=int, default=100, help="test images (seeded subset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eps", type=float, default=0.2, help="linf budget (digits default 0.2, as advpure demo)")
-    p.add_argument("--iterations", type=int, default=None)
+    p.add_argument("--eps", type=_fraction, default=None, help="linf budget, e.g. 8/255 (default: digits 0.2, "
+                   "cifar10 8/255)")
+    p.add_argument("--iterations", type=int, default=None, help="CMAP iterations (default 30); for the ablation: "
+                   "the iterations of the voting and K comparisons")
+    p.add_argument("--curve-iterations", type=int, default=60, help="ablation: length of the iteration curves")
+    p.add_argument("--every", type=int, default=5, help="ablation: trace every this many iterations")
     p.add_argument("--k", type=int, default=None)
-    p.add_argument("--lam", type=float, default=3.0, help="lambda > 0 compared with lambda = 0")
+    p.add_argument("--ks", default="1,2,4,8", help="ablation: the K values compared")
+    p.add_argument("--lr", type=float, default=None, help="CMAP Adam learning rate (default 0.1)")
+    p.add_argument("--lam", type=float, default=None, help="lambda (ablation: the lambda > 0 compared with 0; "
+                   "default 3)")
+    p.add_argument("--lam-s", type=float, default=None, help="SSIM weight (default 1)")
     p.add_argument("--attacks", action="store_true", help="run the adaptive attacks instead of the ablations")
     p.add_argument("--pgd-steps", type=int, default=10)
     p.add_argument("--eot", type=int, default=2)
     p.add_argument("--full-steps", type=int, default=5, help="PGD steps of the full-gradient attack through CMAP")
+    p.add_argument("--disruption-steps", type=int, default=30, help="steps of the consistency-disruption attack")
+    p.add_argument("--diffpure-t", type=float, default=0.1, help="DiffPure t* for the comparison")
+    p.add_argument("--diffpure-steps", type=int, default=20, help="DiffPure reverse steps for the comparison")
     p.add_argument("--parts", default="cmap,full,diffpure", help="which rows of the attack table to run")
     p.add_argument("--skip-full", action="store_true", help="skip the full-gradient PGD-EOT through CMAP")
     p.add_argument("--out", required=True)

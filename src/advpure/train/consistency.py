@@ -232,7 +232,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--metric", choices=("l2", "pseudo-huber"), default=None,
                    help="default l2 for cd, pseudo-huber for ct")
     p.add_argument("--preset", default=None,
-                   help="UNet for F: digits-cm (default for digits, channels 16/32), digits, cifar10-small")
+                   help="UNet for F: digits-cm (default for digits, channels 16/32), digits, "
+                        "cifar10-tiny (1.1M), cifar10-small (default for cifar10)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None)
     p.add_argument("--device", default=None)
