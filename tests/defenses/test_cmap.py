@@ -265,3 +265,17 @@ def test_purify_selection(cm, x):
     assert torch.allclose(best, res.samples[torch.arange(3), idx]) and torch.allclose(first, res.samples[:, 0])
     with pytest.raises(ValueError, match="select"):
         CMAP(cm, select="vote")
+
+
+def test_zoo_cifar10_consistency_model_loads_and_checks_image_size():
+    from advpure.defenses.cmap import load_cmap
+
+    c = load_cmap(None, dataset="cifar10", k=2, iterations=1)
+    assert c.cm.image_shape == (3, 32, 32)
+    out = c(torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)),
+            generator=torch.Generator().manual_seed(0))
+    assert out.shape == (2, 3, 32, 32) and bool(torch.isfinite(out).all()) and 0 <= float(out.min()) <= float(out.max()) <= 1
+    with pytest.raises(ValueError, match="3x32x32 images"):
+        load_cmap(None, dataset="cifar10", image_shape=(1, 8, 8))
+    with pytest.raises(ValueError, match=r"expected 3 channel\(s\)"):
+        c(torch.rand(2, 1, 32, 32))

@@ -34,7 +34,9 @@ input, the sample with the lowest final consistency-aware loss (MAE + lam_s (1 -
 consistent with the input. :class:`CMAPClassifier` classifies all K samples and majority-votes.
 
 Defaults (measured on digits, see ``DEFAULTS`` and ``advpure cmap-ablation``): K = 4, iterations = 30,
-lr = 0.1, lam = 3 (per-latent stats), lam_s = 1. Cost: ``nfe = K (iterations + 1)`` consistency-model forward
+lr = 0.1, lam = 3 (per-latent stats), lam_s = 1. On CIFAR-10 (32x32x3, ``zoo/cifar10-cm-cd-tiny``) 30 iterations
+reconstruct too little (the ResNet-56 labels 19-31% of the samples correctly after 25-50 iterations, 56-75% after
+100-150; ``reports/cifar10/cmap/ablation``), so the CIFAR-10 runs use ``iterations=100``. Cost: ``nfe = K (iterations + 1)`` consistency-model forward
 evaluations per image, plus one backward pass per iteration.
 """
 
@@ -58,7 +60,8 @@ from ..specs import SpecContext, register
 from .base import Purifier, module_generator
 
 REPO = Path(__file__).resolve().parents[3]
-DEFAULT_MODELS = {"digits": REPO / "zoo" / "digits-cm.safetensors"}
+DEFAULT_MODELS = {"digits": REPO / "zoo" / "digits-cm.safetensors",
+                  "cifar10": REPO / "zoo" / "cifar10-cm-cd-tiny.safetensors"}
 
 #: Adam's constants (Kingma & Ba 2015)
 ADAM_BETAS = (0.9, 0.999)
