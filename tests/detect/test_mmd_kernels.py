@@ -22,7 +22,7 @@ def test_deep_kernel_formula_matches_direct():
     dq = float(((x - y) ** 2).sum())
     ref = ((1 - 0.2) * math.exp(-dphi / 3.0 - dq / 50.0) + 0.2) * math.exp(-dq / 50.0)
     assert float(k(x, y)[0, 0].detach()) == pytest.approx(ref, rel=1e-5)
-    assert float(k(x, x)[0, 0]) == pytest.approx(1.0, abs=1e-5)
+    assert float(k(x, x)[0, 0].detach()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_semantic_kernel_gradients_flow_to_params_and_input():
