@@ -20,6 +20,7 @@ from advpure.diffusion.models import load_denoiser
 from advpure.diffusion.samplers import sample
 from advpure.diffusion.schedule import VPSchedule
 from advpure.models import load_classifier
+from advpure.train.consistency import confidence_summary
 from advpure.train.diffusion import denoising_error, save_grid
 
 data = sys.argv[1] if len(sys.argv) > 1 else "../shared/data/cifar10-jpeg.tar.gz"
@@ -32,14 +33,6 @@ x, y = load_dataset("cifar10", "test", data_dir=data).subset(1000, 0).tensors()
 res = {}
 
 
-@torch.no_grad()
-def confident(images01: torch.Tensor) -> dict:
-    p = torch.cat([clf(b).softmax(-1) for b in images01.split(250)])
-    hist = torch.bincount(p.argmax(-1), minlength=10)
-    return {"n": len(images01), "confident_fraction": float((p.max(-1).values > 0.9).float().mean()),
-            "class_histogram": hist.tolist()}
-
-
 with torch.no_grad():
     g = torch.Generator().manual_seed(0)
     xs = (sample(full, (64, 3, 32, 32), schedule=VPSchedule(), n_steps=100, method="ddpm", generator=g) + 1) / 2
@@ -48,9 +41,9 @@ with torch.no_grad():
     g = torch.Generator().manual_seed(0)
     cms = torch.cat([((cm.sample(250, generator=g) + 1) / 2).clamp(0, 1) for _ in range(4)])
     save_grid(cms[:64], f"{out}/cm-samples.png", title="zoo/cifar10-cm-cd-tiny: one-step samples f(z, 80)")
-    res["resnet56_confidence"] = {"real_test": confident(x), "uniform_noise": confident(torch.rand(1000, 3, 32, 32,
-                                  generator=torch.Generator().manual_seed(1))),
-                                  "cm_one_step": confident(cms), "teacher_ddpm_100": confident(xs.clamp(0, 1))}
+    noise = torch.rand(1000, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    res["resnet56_confidence"] = {name: confidence_summary(clf, imgs) for name, imgs in (
+        ("real_test", x), ("uniform_noise", noise), ("cm_one_step", cms), ("teacher_ddpm_100", xs.clamp(0, 1)))}
     print(json.dumps(res["resnet56_confidence"]), flush=True)
     x0 = 2 * x[:256] - 1
     res["tmax_study"] = {"n": 256, "repeats": 4, "eps_mse": {

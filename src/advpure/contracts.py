@@ -103,6 +103,12 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
     return v
 
 
+def parse_fraction(s: str) -> float:
+    """A number written as ``"0.03"`` or as a fraction ``"8/255"`` (command-line budgets)."""
+    a, sep, b = str(s).partition("/")
+    return float(a) / float(b) if sep else float(s)
+
+
 def check_int(value: int, name: str, *, minimum: int = 1) -> int:
     """An integer >= ``minimum``, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):

@@ -19,6 +19,8 @@ from .digits import load_digits
 from .folders import CIFAR10_CLASSES, load_folder_dataset
 
 DATASETS = ("digits", "cifar10", "folder")
+#: the l_inf budget each dataset is attacked at unless told otherwise (digits: as ``advpure demo``)
+DEFAULT_LINF_EPS = {"digits": 0.2, "cifar10": 8 / 255}
 _CIFAR_CANDIDATES = ("cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar10", "cifar10-jpeg", "cifar10-jpeg.tar.gz")
 
 
@@ -70,5 +72,5 @@ def load_dataset(name: str, split: str = "test", *, data_dir: str | os.PathLike 
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-__all__ = ["ImageSet", "load_dataset", "load_digits", "load_folder_dataset", "subset_indices",
+__all__ = ["DEFAULT_LINF_EPS", "ImageSet", "load_dataset", "load_digits", "load_folder_dataset", "subset_indices",
            "resolve_cifar10", "CIFAR10_CLASSES", "DATASETS"]

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..contracts import parse_fraction
+from ..data import DEFAULT_LINF_EPS
+
 log = logging.getLogger(__name__)
 
 
@@ -271,23 +274,18 @@ def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo, 
     row(f"cmap-vote / BPDA-EOT (PGD {pgd_steps} steps, EOT {eot}, identity backward)", voted, xa, t0)
 
 
-#: per-dataset defaults of the command (CIFAR-10: the classifier is the user's, e.g. the shared ResNet-56)
-DATASET_DEFAULTS = {
-    "digits": {"model": "zoo/digits-cm.safetensors", "classifier": "zoo/digits-small-cnn.safetensors", "eps": 0.2},
-    "cifar10": {"model": "zoo/cifar10-cm-cd-tiny.safetensors", "classifier": None, "eps": 8 / 255},
-}
-
-
-def _fraction(s: str) -> float:
-    a, sep, b = s.partition("/")
-    return float(a) / float(b) if sep else float(s)
+#: the classifier each dataset is evaluated with unless told (CIFAR-10: the user's, e.g. the shared ResNet-56);
+#: the consistency model defaults to CMAP's zoo model and the budget to the dataset's l_inf default
+DEFAULT_CLASSIFIERS = {"digits": "zoo/digits-small-cnn.safetensors", "cifar10": None}
 
 
 def _handler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    defaults = DATASET_DEFAULTS.get(args.dataset)
-    if defaults is None:
-        raise ValueError(f"cmap-ablation: --dataset must be one of {sorted(DATASET_DEFAULTS)}, got {args.dataset!r}")
+    from ..defenses.cmap import DEFAULT_MODELS
+
+    model = DEFAULT_MODELS.get(args.dataset)
+    defaults = {"model": model and str(model), "classifier": DEFAULT_CLASSIFIERS.get(args.dataset),
+                "eps": DEFAULT_LINF_EPS.get(args.dataset)}
     for key in ("model", "classifier", "eps"):
         if getattr(args, key) is None:
             if defaults[key] is None:
@@ -315,14 +313,14 @@ def _handler(args: argparse.Namespace) -> int:
 def register(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("cmap-ablation", help="CMAP ablations (iterations, lambda, voting, K) and attacks",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="digits", choices=sorted(DATASET_DEFAULTS))
+    p.add_argument("--dataset", default="digits", choices=sorted(DEFAULT_CLASSIFIERS))
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10: the JPEG archive or folder)")
     p.add_argument("--model", default=None, help="consistency model (default: zoo/digits-cm or zoo/cifar10-cm-cd-tiny)")
     p.add_argument("--classifier", default=None, help="classifier spec (digits default: zoo/digits-small-cnn)")
     p.add_argument("--teacher", default=None, help="diffusion model for the DiffPure comparison (--attacks)")
     p.add_argument("--n", type=int, default=100, help="test images (seeded subset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eps", type=_fraction, default=None, help="linf budget, e.g. 8/255 (default: digits 0.2, "
+    p.add_argument("--eps", type=parse_fraction, default=None, help="linf budget, e.g. 8/255 (default: digits 0.2, "
                    "cifar10 8/255)")
     p.add_argument("--iterations", type=int, default=None, help="CMAP iterations (default 30); for the ablation: "
                    "the iterations of the voting and K comparisons")

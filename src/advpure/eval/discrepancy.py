@@ -23,18 +23,13 @@ from pathlib import Path
 
 import torch
 
+from ..contracts import parse_fraction
+
 log = logging.getLogger(__name__)
 
 
-def _fraction(s: str) -> float:
-    if "/" in s:
-        a, _, b = s.partition("/")
-        return float(a) / float(b)
-    return float(s)
-
-
 def _floats(s: str) -> list[float]:
-    return [_fraction(v) for v in s.split(",") if v.strip()]
+    return [parse_fraction(v) for v in s.split(",") if v.strip()]
 
 
 def _load_diffusion(model: str | None, dataset: str):
@@ -221,7 +216,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", required=True)
     p.add_argument("--model", default=None, help="diffusion checkpoint (default: the dataset's zoo model)")
     p.add_argument("--t-levels", default=None, help="comma-separated EPS noise levels (default t=1..20/1000)")
-    p.add_argument("--train-eps", type=_fraction, default=0.1,
+    p.add_argument("--train-eps", type=parse_fraction, default=0.1,
                    help="PGD-linf budget of the kernel's adversarial training data (EPS-AD: half the headline budget)")
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-ref", type=int, default=400)
@@ -442,7 +437,7 @@ def _register_dad(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors")
     p.add_argument("--kernel", default="zoo/digits-dad-kernel.safetensors")
     p.add_argument("--denoiser", default="zoo/digits-dad-denoiser.safetensors")
-    p.add_argument("--eps", type=_fraction, default=0.2)
+    p.add_argument("--eps", type=parse_fraction, default=0.2)
     p.add_argument("--n", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seeds", default="0,1,2")
@@ -584,7 +579,7 @@ def _register_discrepancy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors")
     p.add_argument("--model", default=None, help="diffusion checkpoint (EPS and samples)")
     p.add_argument("--kernel", default=None, help="EPS-AD kernel from `advpure eps-ad` (default: Gaussian)")
-    p.add_argument("--eps", type=_fraction, default=0.2)
+    p.add_argument("--eps", type=parse_fraction, default=0.2)
     p.add_argument("--subset", type=int, default=50)
     p.add_argument("--n-subsets", type=int, default=100)
     p.add_argument("--n-pool", type=int, default=200)

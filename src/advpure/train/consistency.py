@@ -44,23 +44,26 @@ CD_MU = 0.95
 
 
 @torch.no_grad()
+def confidence_summary(classifier: nn.Module, images: torch.Tensor, *, threshold: float = 0.9, batch: int = 250
+                       ) -> dict[str, Any]:
+    """Fraction of ``images`` ([0, 1] NCHW) the classifier labels with confidence > ``threshold``, the mean
+    confidence, and the histogram of predicted classes (all images)."""
+    p = torch.cat([classifier(b).softmax(-1) for b in images.split(batch)])
+    conf, pred = p.max(-1)
+    hist = torch.bincount(pred, minlength=int(p.shape[-1]))
+    return {"n": len(images), "threshold": threshold, "confident_fraction": float((conf > threshold).float().mean()),
+            "mean_confidence": float(conf.mean()), "class_histogram": [int(v) for v in hist]}
+
+
+@torch.no_grad()
 def recognisability(cm: ConsistencyModel, classifier: nn.Module, *, n: int = 1000, seed: int = 0,
                     threshold: float = 0.9, batch: int = 250) -> dict[str, Any]:
-    """Fraction of ``n`` one-step samples the classifier labels with confidence > ``threshold``, and the
-    histogram of predicted classes (all samples)."""
+    """:func:`confidence_summary` of ``n`` one-step samples (drawn in batches of ``batch`` from ``seed``)."""
     dev = next(cm.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
-    confs, preds = [], []
-    for i in range(0, n, batch):
-        x = ((cm.sample(min(batch, n - i), generator=g, device=dev) + 1) / 2).clamp(0, 1)
-        p = classifier(x).softmax(-1)
-        c, k = p.max(-1)
-        confs.append(c)
-        preds.append(k)
-    conf, pred = torch.cat(confs), torch.cat(preds)
-    hist = torch.bincount(pred, minlength=int(p.shape[-1]))
-    return {"n": n, "threshold": threshold, "confident_fraction": float((conf > threshold).float().mean()),
-            "mean_confidence": float(conf.mean()), "class_histogram": [int(v) for v in hist]}
+    x = torch.cat([((cm.sample(min(batch, n - i), generator=g, device=dev) + 1) / 2).clamp(0, 1)
+                   for i in range(0, n, batch)])
+    return confidence_summary(classifier, x, threshold=threshold, batch=batch)
 
 
 def train_consistency(*, dataset: str = "digits", mode: str = "cd", teacher: str | None = None, steps: int = 3000,

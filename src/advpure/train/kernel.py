@@ -14,23 +14,18 @@ import logging
 
 import torch
 
+from ..contracts import parse_fraction
+from ..data import DEFAULT_LINF_EPS
+
 log = logging.getLogger(__name__)
 
-DEFAULT_EPS = {"digits": 0.2, "cifar10": 8 / 255}
-
-
-def _fraction(s: str) -> float:
-    if "/" in s:
-        a, _, b = s.partition("/")
-        return float(a) / float(b)
-    return float(s)
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"])
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10/folder)")
     p.add_argument("--classifier", required=True, help="classifier spec, e.g. zoo/digits-small-cnn.safetensors")
-    p.add_argument("--attack-eps", type=_fraction, default=None,
+    p.add_argument("--attack-eps", type=parse_fraction, default=None,
                    help="L-inf PGD radius (default: 0.2 digits, 8/255 cifar10)")
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (DAD: 10)")
     p.add_argument("--seed", type=int, default=0)
@@ -48,7 +43,7 @@ def load_inputs(args: argparse.Namespace):
         p.requires_grad_(False)
     train = load_dataset(args.dataset, "train", data_dir=args.data_dir)
     test = load_dataset(args.dataset, "test", data_dir=args.data_dir)
-    eps = args.attack_eps if args.attack_eps is not None else DEFAULT_EPS.get(args.dataset, 8 / 255)
+    eps = args.attack_eps if args.attack_eps is not None else DEFAULT_LINF_EPS.get(args.dataset, 8 / 255)
     return clf, train, test, eps
 
 
