@@ -3,8 +3,10 @@
 It loads (or trains into the user cache) the digits classifier and the digits diffusion model, then
 evaluates every defense the project has against attacks that know it, through the same runner as
 ``advpure eval``, and writes ``report.json``, ``report.md`` and a figure (clean / adversarial /
-purified / perturbation / purifier's change) to ``--out``. Attack settings are reduced for time and
-printed in the table; use ``advpure eval`` for the full protocol.
+purified / perturbation / purifier's change) to ``--out``. The diffusion defenses are attacked with the ``lite``
+ensemble (one-step denoising surrogate, then BPDA-EOT; worst case per image on separate selection draws), the
+others with their adaptive attacks. Attack settings are reduced for time and printed in the table; use
+``advpure eval --attack standard`` for the full protocol.
 """
 
 from __future__ import annotations
@@ -57,12 +59,13 @@ def demo_rows(clf: str, *, steps: int, eot: int, eps: float) -> list[dict]:
     dp = f"diffpure:model={ddpm},t=0.1,steps=10"
     dad = (f"dad:kernel={ZOO / 'digits-dad-kernel.safetensors'},denoiser={ZOO / 'digits-dad-denoiser.safetensors'},"
            "mode=batch")
+    lite = f"lite:eps={eps},steps={steps},eot={eot}"
     rows = [
         {"name": "undefended", "defense": "none", "attack": pgd},
+        {"name": "DiffPure (lite ensemble: one-step surrogate, BPDA)", "defense": dp, "attack": lite},
         {"name": "DiffPure (full gradient, checkpointed)", "defense": dp + ",checkpoint=true", "attack": f"{pgd},eot={eot}"},
-        {"name": "DiffPure (BPDA)", "defense": dp, "attack": pgd.replace("pgd:", "bpda:") + f",eot={eot}"},
-        {"name": "SSNI-N + DiffPure (full gradient, t without gradient)",
-         "defense": f"ssni:model={ddpm},t=0.1,steps=10,mode=N,checkpoint=true", "attack": f"{pgd},eot={eot}"},
+        {"name": "SSNI-N + DiffPure (lite ensemble)", "defense": f"ssni:model={ddpm},t=0.1,steps=10,mode=N",
+         "attack": lite},
         {"name": "distribution-transfer guided (full gradient)",
          "defense": f"distribution-transfer:model={ddpm},t=0.05,steps=5,checkpoint=true", "attack": f"{pgd},eot={eot}"},
         {"name": "DAD, batch mode (detector-aware attack)", "defense": dad,
@@ -83,13 +86,18 @@ def _available(row: dict) -> bool:
     return all(Path(p).is_file() for p in re.findall(r"=(/[^,]+\.safetensors)", row["defense"]))
 
 
-def run_demo(out: Path, *, n: int = 24, steps: int = 5, eot: int = 2, sanity_n: int = 4, progress: bool = True) -> dict:
+#: fresh draws of a stochastic defense in the demo's final evaluation (advpure eval: 20)
+DEMO_DRAWS = 10
+
+
+def run_demo(out: Path, *, n: int = 24, steps: int = 5, eot: int = 2, sanity_n: int = 8, progress: bool = True) -> dict:
     from .eval import threats
     from .eval.runner import format_markdown, run_eval
+    from .eval.sanity import MIN_SANITY_N
 
-    if n < 4 or sanity_n < 3:
-        raise ValueError(f"demo: need n >= 4 and sanity_n >= 3 (DAD's batch test cannot reject smaller batches), "
-                         f"got n={n}, sanity_n={sanity_n}")
+    if n < MIN_SANITY_N or sanity_n < MIN_SANITY_N or steps < 1 or eot < 1:
+        raise ValueError(f"demo: need --n >= {MIN_SANITY_N}, --sanity-n >= {MIN_SANITY_N} (smaller checks cannot fail), "
+                         f"--steps >= 1 and --eot >= 1; got n={n}, sanity_n={sanity_n}, steps={steps}, eot={eot}")
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     clf = str(_classifier_path(progress))
@@ -101,7 +109,7 @@ def run_demo(out: Path, *, n: int = 24, steps: int = 5, eot: int = 2, sanity_n: 
     for r in rows:
         t_row = time.time()
         res = run_eval(dataset="digits", classifier=clf, defense=r["defense"], attack=r["attack"], n=n,
-                       seeds=(0,), batch_size=n, eval_draws=3, sanity_n=sanity_n, sanity_queries=20,
+                       seeds=(0,), batch_size=n, eval_draws=DEMO_DRAWS, sanity_n=sanity_n, sanity_queries=20,
                        votes=r.get("votes", 0), progress=progress)
         res["row"] = r["name"]
         res["row_seconds_with_sanity_checks"] = round(time.time() - t_row, 1)
@@ -140,13 +148,15 @@ def summary_table(results: list[dict]) -> str:
     def pct(d):
         return "-" if not d else f"{100 * d['mean']:.1f}%"
 
-    lines = ["| defense | attack | clean acc | robust acc (mean over draws) | robust acc (worst case) | "
-             "sanity checks | network evals / image | s / image |",
+    lines = ["| defense | attack | clean acc | robust acc (mean over draws) | robust acc (worst case over "
+             f"{DEMO_DRAWS} draws) | sanity checks | network evals / image | s / image |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results:
         checks = r.get("sanity_checks") or []
         warns = [c["check"] for c in checks if c["status"] == "WARNING"]
         sanity = ("**WARNING: " + "; ".join(warns) + "**") if warns else (f"{len(checks)} passed" if checks else "-")
+        if not r.get("publishable", True):
+            sanity += " (NOT PUBLISHABLE)"
         lines.append(f"| {r['row']} | {r['attack']['spec']} | {pct(r['clean_accuracy'])} | {pct(r.get('robust_accuracy'))} "
                      f"| {pct(r.get('robust_accuracy_worst_case'))} | {sanity} | {r['defense']['nfe']:g} | "
                      f"{r['cost']['seconds_per_image']:.3f} |")
@@ -180,7 +190,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on digits: defenses under adaptive attacks, report + figure")
     p.add_argument("--out", default="advpure-demo", help="output folder (default ./advpure-demo/)")
     p.add_argument("--n", type=int, default=24, help="test images (seeded subset)")
-    p.add_argument("--sanity-n", type=int, default=4, help="images used by the gradient-masking checks")
+    p.add_argument("--sanity-n", type=int, default=8, help="images used by the gradient-masking checks (>= 8)")
     p.add_argument("--steps", type=int, default=5, help="PGD steps per attack (detector-aware attacks: 4x)")
     p.add_argument("--eot", type=int, default=2, help="EOT samples for stochastic defenses")
     p.add_argument("--no-progress", action="store_true")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from advpure.defenses.diffpure import DiffPure
-from advpure.defenses.ssni import SSNI, ssni_l, ssni_n
+from advpure.defenses.ssni import SSNI, ssni_l, ssni_l_batch, ssni_n
 from advpure.detect.eps import EPSReference, eps_norm
 from advpure.diffusion.models import GaussianScoreModel
 from advpure.diffusion.schedule import VPSchedule
@@ -33,7 +33,35 @@ def test_reweighting_formulas():
         ssni_l(s, s_min=1.0, s_max=1.0, t_star=0.1)
 
 
-@pytest.mark.parametrize("mode", ["N", "L"])
+def test_ssni_l_official_normalisation_hand_values():
+    """The authors' SSNI-L: min/max over reference ∪ batch, t = t* (s - min) / (max - min) + bias, bias = 5 of
+    1000 steps. Reference [2, 10], batch s = (4, 12, 0): min 0, max 12, so t = 0.1 s / 12 + 0.005 (by hand)."""
+    s = torch.tensor([4.0, 12.0, 0.0])
+    t = ssni_l_batch(s, ref_min=2.0, ref_max=10.0, t_star=0.1)
+    torch.testing.assert_close(t, torch.tensor([0.1 * 4 / 12 + 0.005, 0.105, 0.005]))
+    # a batch inside the reference range uses the reference's min and max: (s - 2) / 8
+    torch.testing.assert_close(ssni_l_batch(torch.tensor([6.0]), ref_min=2.0, ref_max=10.0, t_star=0.1),
+                               torch.tensor([0.1 * 4 / 8 + 0.005]))
+
+
+def test_ssni_l_stays_in_bias_range_for_far_inputs_and_depends_on_the_batch():
+    ssni, clean = _setup("L")
+    assert ssni.b == pytest.approx(0.005)
+    far = torch.rand(8, 1, 4, 4, generator=torch.Generator().manual_seed(5))  # far from the clean Gaussian
+    x = torch.cat([clean[:8], far])
+    ssni(x, generator=torch.Generator().manual_seed(3))
+    t_mixed = ssni.last_t.clone()
+    assert float(t_mixed.max()) <= 0.1 + 0.005 + 1e-6 and float(t_mixed.min()) >= 0.005 - 1e-6
+    # the reference-only variant gives the far inputs more than t* + b (what the issue measured: 0.37-0.44)
+    ref_only = SSNI(ssni.base, reference=ssni.reference, mode="L-ref")
+    ref_only(x, generator=torch.Generator().manual_seed(3))
+    assert float(ref_only.last_t[8:].max()) > 0.105
+    # the same clean images alone get other t than next to the far ones: t depends on the batch
+    ssni(clean[:8], generator=torch.Generator().manual_seed(3))
+    assert not torch.allclose(ssni.last_t, t_mixed[:8])
+
+
+@pytest.mark.parametrize("mode", ["N", "L", "L-ref"])
 def test_far_samples_get_more_noise_in_one_batch(mode):
     ssni, clean = _setup(mode)
     far = (clean[:8] + 0.3).clamp(0, 1)

@@ -13,16 +13,35 @@ from advpure.detect.mmd_opt import objective, pgd_linf, train_kernel
 from advpure.models import build_classifier
 
 
-def test_deep_kernel_formula_matches_direct():
+def _reference_gram(fa, fb, xa, xb, e, s_phi, s_q):
+    """Liu et al. (2020) Eq. 5, k = [(1 - e) kappa(phi(x), phi(y)) + e] q(x, y), written as in the authors'
+    DK-for-TST ``MMDu`` (and the DAD code): Kxy = (1-e) exp(-Dxy/sigma0 - Dxy_org/sigma) + e exp(-Dxy_org/sigma),
+    with Pdist2 squared Euclidean distances of the deep features (sigma0) and of the raw inputs (sigma).
+    Element by element in float64, independent of advpure's distance code."""
+    out = [[0.0] * len(xb) for _ in range(len(xa))]
+    for i in range(len(xa)):
+        for j in range(len(xb)):
+            dphi = sum((float(u) - float(v)) ** 2 for u, v in zip(fa[i].flatten(), fb[j].flatten()))
+            dq = sum((float(u) - float(v)) ** 2 for u, v in zip(xa[i].flatten(), xb[j].flatten()))
+            out[i][j] = (1 - e) * math.exp(-dphi / s_phi - dq / s_q) + e * math.exp(-dq / s_q)
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def test_deep_kernel_formula_matches_paper_and_official_code():
     torch.manual_seed(0)
-    k = build_deep_kernel(input_shape=(1, 8, 8), featurizer="cnn", epsilon=0.2, sigma_phi=3.0, sigma_q=50.0).eval()
-    x, y = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8)
-    px, py = k.featurizer(x), k.featurizer(y)
-    dphi = float(((px - py) ** 2).sum().detach())
-    dq = float(((x - y) ** 2).sum())
-    ref = ((1 - 0.2) * math.exp(-dphi / 3.0 - dq / 50.0) + 0.2) * math.exp(-dq / 50.0)
-    assert float(k(x, y)[0, 0].detach()) == pytest.approx(ref, rel=1e-5)
-    assert float(k(x, x)[0, 0].detach()) == pytest.approx(1.0, abs=1e-5)
+    e, s_phi, s_q = 0.2, 3.0, 20.0
+    k = build_deep_kernel(input_shape=(1, 8, 8), featurizer="cnn", epsilon=e, sigma_phi=s_phi, sigma_q=s_q).eval()
+    x, y = torch.rand(3, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        px, py = k.featurizer(x), k.featurizer(y)
+        got = k(x, y).double()
+    ref = _reference_gram(px, py, x, y, e, s_phi, s_q)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    # the formula that applied q twice ([..] * q) is measurably different on these inputs: the test can fail
+    dq = torch.cdist(x.flatten(1).double(), y.flatten(1).double()) ** 2 / s_q
+    old = (ref - e * torch.exp(-dq) + e) * torch.exp(-dq)  # = [(1-e) exp(-dphi-dq) + e] exp(-dq)
+    assert float(((old - ref).abs() / ref).max()) > 0.05
+    assert float(k(x[:1], x[:1])[0, 0].detach()) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_semantic_kernel_gradients_flow_to_params_and_input():

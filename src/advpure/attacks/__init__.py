@@ -10,7 +10,9 @@ Spec names for the command line (``--attack NAME:key=value,...``):
 - ``bpda`` (:class:`BPDA`, straight-through backward through the defense, PGD options);
 - ``surrogate`` (:class:`SurrogateProcess`; the surrogate defense comes from ``--surrogate-defense``);
 - ``transfer`` (:class:`Transfer`; the surrogate classifier comes from ``--surrogate-classifier``);
-- ``square`` (:class:`Square`, linf black-box), ``cw`` (:class:`CWL2`).
+- ``square`` (:class:`Square`, linf black-box), ``cw`` (:class:`CWL2`);
+- ``standard`` / ``lite`` (:class:`Ensemble` from :func:`standard_attacks`: worst case per image over the attack
+  list for the defense being evaluated, cheapest first).
 
 Full-gradient adaptive attacks are ``pgd``/``apgd`` with ``grad_checkpoint=true``.
 """
@@ -27,6 +29,7 @@ from .checkpointing import checkpointed_loop
 from .cmap_attack import ConsistencyDisruption
 from .cw import CWL2
 from .detector_aware import DADPathPGD, DetectorAwarePGD
+from .ensemble import Ensemble, standard_attacks
 from .pgd import PGD
 from .square import Square
 from .surrogate import SurrogateProcess
@@ -88,6 +91,28 @@ def _cw(ctx: SpecContext, **p: Any) -> CWL2:
     return CWL2(**p)
 
 
+def _ensemble_factory(level: str):
+    def factory(ctx: SpecContext, eps: float | None = None, norm: str = "linf", steps: int | None = None,
+                eot: int | None = None, full_steps: int | None = None, select_draws: int = 16) -> Ensemble:
+        """``standard:eps=8/255,norm=linf,steps=..,eot=..,full_steps=..,select_draws=16`` (``lite`` likewise)."""
+        from ..data import DEFAULT_LINF_EPS
+
+        if ctx.classifier is None:
+            raise ValueError(f"{level} attack: needs the classifier (run it through advpure eval / run_eval)")
+        if eps is None:
+            if norm != "linf" or ctx.dataset not in DEFAULT_LINF_EPS:
+                raise ValueError(f"{level} attack: give eps= (no default for norm {norm!r} on dataset {ctx.dataset!r})")
+            eps = DEFAULT_LINF_EPS[ctx.dataset]
+        return standard_attacks(classifier=ctx.classifier, defense=ctx.extra.get("defense"), eps=eps, norm=norm,
+                                level=level, steps=steps, eot=eot, full_steps=full_steps, select_draws=select_draws)
+
+    return factory
+
+
+register("attack", "standard")(_ensemble_factory("standard"))
+register("attack", "lite")(_ensemble_factory("lite"))
+
+
 @register("attack", "dad-adaptive")
 def _dad_adaptive(ctx: SpecContext, **p: Any) -> DADPathPGD:
     """The DAD authors' adaptive attack: PGD on CE + MMD through the denoiser path."""
@@ -108,6 +133,7 @@ def _detector_aware(ctx: SpecContext, **p: Any) -> DetectorAwarePGD:
     return DetectorAwarePGD(**p)
 
 
-__all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "ConsistencyDisruption", "DADPathPGD", "DetectorAwarePGD", "PGD", "Square", "SurrogateProcess", "Transfer",
+__all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "ConsistencyDisruption", "DADPathPGD", "DetectorAwarePGD",
+           "Ensemble", "PGD", "standard_attacks", "Square", "SurrogateProcess", "Transfer",
            "checkpointed_loop", "dlr_loss", "dlr_targeted_loss", "is_stochastic", "margin_loss",
            "perturbation_norm", "project"]

@@ -163,11 +163,16 @@ class APGD(Attack):
         self.last_stats.iterations += n_iter
         return x_best, x_best_adv, ever_fooled, first.result(x_best_adv)
 
+    def _trust(self, fooled: torch.Tensor) -> torch.Tensor:
+        """Success seen on the attack's own EOT draws counts only for a deterministic model; for a stochastic one
+        every image keeps its best-loss point and stays in play for the next restart (or target)."""
+        return fooled & (not self._stochastic_target)
+
     def _run(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, logits0: torch.Tensor, eot: int,
              generator: torch.Generator | None) -> torch.Tensor:
         self.last_stats.iterations = 0
         out = x.clone()
-        done = logits0.argmax(1) != y  # misclassified clean points stay clean (as in AutoAttack)
+        done = self.skip_mask(logits0, y)  # misclassified clean points stay clean (as in AutoAttack); none if random
         best_loss_point = x.clone()
         have_loss_point = torch.zeros_like(done)
         for _ in range(self.n_restarts):
@@ -175,7 +180,8 @@ class APGD(Attack):
             if idx.numel() == 0:
                 break
             x_best, x_best_adv, fooled, x_first = self._single_run(model, x[idx], y[idx], eot, generator)
-            chosen = x_first if self.early_stop else x_best_adv
+            fooled = self._trust(fooled)
+            chosen = x_first if self.early_stop_active else x_best_adv
             out[idx[fooled]] = chosen[fooled]
             keep = ~fooled & ~have_loss_point[idx]
             best_loss_point[idx[keep]] = x_best[keep]
@@ -204,7 +210,7 @@ class APGDT(APGD):
         n_t = min(self.n_target_classes, n_cls - 1)
         order = logits0.argsort(dim=1)  # increasing
         out = x.clone()
-        done = logits0.argmax(1) != y
+        done = self.skip_mask(logits0, y)
         best_loss_point = x.clone()
         self.last_stats.iterations = 0
         for t_i in range(2, n_t + 2):
@@ -215,7 +221,8 @@ class APGDT(APGD):
             try:
                 for _ in range(self.n_restarts):
                     x_best, x_best_adv, fooled, x_first = self._single_run(model, x[idx], y[idx], eot, generator)
-                    chosen = x_first if self.early_stop else x_best_adv
+                    fooled = self._trust(fooled)
+                    chosen = x_first if self.early_stop_active else x_best_adv
                     out[idx[fooled]] = chosen[fooled]
                     if t_i == 2:
                         best_loss_point[idx[~fooled]] = x_best[~fooled]

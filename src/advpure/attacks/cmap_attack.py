@@ -92,9 +92,12 @@ class ConsistencyDisruption(Attack):
         self.last_stats.iterations = self.steps
         #: per sample, whether any candidate fooled the defended model during the attack (the paper's criterion)
         self.last_fooled_any = fooled.any(0).detach().cpu()
-        first = torch.where(fooled.any(0), fooled.float().argmax(0), ce.argmax(1))
+        if self._stochastic_target:  # no selection on the attack's own draws: the highest-CE candidate
+            first = ce.argmax(1)
+        else:
+            first = torch.where(fooled.any(0), fooled.float().argmax(0), ce.argmax(1))
         out = cand[first, torch.arange(x.shape[0], device=x.device)]
-        already = logits0.argmax(1) != y  # misclassified clean inputs stay as they are
+        already = self.skip_mask(logits0, y)  # misclassified clean inputs stay as they are (deterministic only)
         return torch.where(already.view(-1, 1, 1, 1), x, out)
 
 

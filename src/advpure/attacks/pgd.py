@@ -58,10 +58,12 @@ class PGD(Attack):
         alpha = self.alpha()
         x_adv = random_start(x, norm=self.norm, eps=self.eps, generator=generator) if self.random_start else x.clone()
         tracker = FirstSuccess(x)
-        tracker.update(x, logits0.argmax(1) != y)  # already misclassified: keep the clean image
+        early = self.early_stop_active
+        if early:
+            tracker.update(x, self.skip_mask(logits0, y))  # already misclassified: keep the clean image
         for _ in range(self.steps):
             grad, _, logits = self.loss_and_grad(gm, x_adv, y, loss_fn, eot)
-            if self.early_stop:
+            if early:
                 tracker.update(x_adv, self.fooled(model, x_adv, y, logits, gm))
             grad = torch.nan_to_num(grad)
             if self.norm == "linf":
@@ -70,7 +72,7 @@ class PGD(Attack):
                 step = grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
             x_adv = project(x_adv + alpha * step, x, norm=self.norm, eps=self.eps).detach()
         self.last_stats.iterations = self.steps
-        if not self.early_stop:
+        if not early:
             return x_adv
         with torch.no_grad():
             tracker.update(x_adv, model(x_adv).argmax(1) != y)

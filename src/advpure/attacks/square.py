@@ -67,11 +67,13 @@ class Square(Attack):
 
         x_best = (x + eps * rsign(n, c, 1, w)).clamp(0, 1)
         margin = self._margin(model, x_best, y)
-        clean_wrong = logits0.argmax(1) != y
+        clean_wrong = self.skip_mask(logits0, y)
         x_best[clean_wrong] = x[clean_wrong]
         margin[clean_wrong] = -1.0
         for i in range(self.n_queries - 1):
-            active = (margin > 0).nonzero().flatten()
+            # a stochastic model's margin is one noisy draw: keep searching every image (no early stop)
+            active = (margin > 0).nonzero().flatten() if not self._stochastic_target else \
+                (~clean_wrong).nonzero().flatten()
             if active.numel() == 0:
                 break
             xa, xb = x[active], x_best[active]

@@ -4,8 +4,9 @@ purifier with fewer denoising steps), every iterate is *evaluated* on the real d
 
     x_{k+1} = P(x_k + alpha * s(E_surrogate[ grad L(surrogate(x_k), y) ]))
 
-Per sample the first iterate that fools the real defense is kept (evaluate-while-optimising); samples
-never fooled get the final iterate. The surrogate is a second model (typically a
+For a deterministic defense, per sample the first iterate that fools the real defense is kept
+(evaluate-while-optimising); samples never fooled get the final iterate. For a stochastic defense the last
+iterate is returned (see :mod:`advpure.attacks.base`, protocol for stochastic models). The surrogate is a second model (typically a
 :class:`~advpure.defenses.DefendedClassifier` sharing the classifier), given at construction.
 """
 
@@ -62,18 +63,20 @@ class SurrogateProcess(Attack):
         loss_fn = make_loss(pgd.loss)
         x_adv = random_start(x, norm=pgd.norm, eps=pgd.eps, generator=generator) if pgd.random_start else x.clone()
         tracker = FirstSuccess(x)
-        tracker.update(x, logits0.argmax(1) != y)
+        early = self.early_stop_active
+        if early:
+            tracker.update(x, self.skip_mask(logits0, y))
         with count_forwards(self.surrogate) as sc:
             for _ in range(pgd.steps):
                 grad, _, _ = pgd.loss_and_grad(self.surrogate, x_adv, y, loss_fn, eot)
                 grad = torch.nan_to_num(grad)
                 step = grad.sign() if pgd.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
                 x_adv = project(x_adv + alpha * step, x, norm=pgd.norm, eps=pgd.eps).detach()
-                if pgd.early_stop:
+                if early:
                     tracker.update(x_adv, self._fooled_real(model, x_adv, y))
         self.last_stats.iterations = pgd.steps
         self.surrogate_forwards_per_image = sc.images / x.shape[0]
-        return tracker.result(x_adv) if pgd.early_stop else x_adv
+        return tracker.result(x_adv) if early else x_adv
 
     def _fooled_real(self, model: nn.Module, x_k: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         draws = self.eval_draws if is_stochastic(model) else 1

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import tempfile
 import pickle
 import tarfile
 from pathlib import Path
@@ -246,9 +247,16 @@ def load_folder_dataset(
             x, y, cls = _read_folder_tar(source, split, classes)
         if use_cache:
             cache_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache_file.with_suffix(".tmp.npz")
-            np.savez(tmp, x=x, y=y, classes=np.asarray(cls))
-            os.replace(tmp, cache_file)
+            # a unique temporary name per writer: concurrent processes (torchrun ranks, parallel jobs) never
+            # share one, and the rename is atomic, so a reader sees either no file or a whole one
+            fd, tmp_name = tempfile.mkstemp(prefix=cache_file.stem + ".", suffix=".tmp.npz", dir=cache_file.parent)
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    np.savez(fh, x=x, y=y, classes=np.asarray(cls))
+                os.replace(tmp_name, cache_file)
+            except BaseException:
+                Path(tmp_name).unlink(missing_ok=True)
+                raise
     return ImageSet(
         torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), list(cls), name, split,
         {"source": str(source), "format": fmt},

@@ -8,6 +8,11 @@ Euler scheme), and map back to [0, 1] with clamping.
 Defaults follow the paper's CIFAR-10 settings: ``t* = 0.1`` against l_inf attacks, ``t* = 0.075``
 against l_2 attacks (Section 5.1). ``t`` may be a per-sample tensor (N,), as SSNI needs.
 Cost: one network evaluation per step (``nfe = n_steps``).
+
+``sampler="ddim"`` replaces the reverse SDE by deterministic DDIM (Song et al. 2021, eta = 0) over ``n_steps``
+from t* to 0; with ``n_steps = 1`` that is the one-step denoising estimate
+``x0 = (x_t - std(t*) eps(x_t, t*)) / alpha(t*)``. Both are cheaper *surrogate processes* for attacks
+(:meth:`with_sampler`, Lee & Kim 2023), not the defense.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import torch.nn as nn
 
 from ..contracts import check_int, check_positive
 from ..diffusion.purifier import DiffusionPurifier, resolve_denoiser
-from ..diffusion.samplers import diffuse, reverse_sde
+from ..diffusion.samplers import ddim, ddpm_timesteps, diffuse, reverse_sde
 from ..specs import SpecContext, register
 
 DEFAULT_T = {"linf": 0.1, "l2": 0.075}
+SAMPLERS = ("sde", "ddim")
 
 
 def _check_t(t: float, name: str = "t") -> float:
@@ -47,9 +53,12 @@ class DiffPure(DiffusionPurifier):
 
     def __init__(self, eps_model: nn.Module, *, t: float = 0.1, dt: float = 1e-3, n_steps: int | None = None,
                  schedule=None, image_shape: tuple[int, int, int] | None = None, grad_checkpoint: bool = False,
-                 freeze: bool = True) -> None:
+                 freeze: bool = True, sampler: str = "sde") -> None:
         super().__init__(eps_model, schedule=schedule, image_shape=image_shape, grad_checkpoint=grad_checkpoint,
                          freeze=freeze)
+        if sampler not in SAMPLERS:
+            raise ValueError(f"DiffPure: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        self.sampler = sampler
         self.t = _check_t(t)
         model_t_max = float(getattr(eps_model, "t_max", 1.0))
         if self.t > model_t_max:
@@ -69,8 +78,12 @@ class DiffPure(DiffusionPurifier):
         if not isinstance(t_star, torch.Tensor):
             _check_t(t_star)
         xt = diffuse(z, t_star, self.schedule, generator)
-        x0 = reverse_sde(self.eps_model, xt, schedule=self.schedule, t_start=t_star, n_steps=self.n_steps,
-                         generator=generator, checkpoint=self.grad_checkpoint)
+        if self.sampler == "ddim":
+            x0 = ddim(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t_star, self.n_steps),
+                      checkpoint=self.grad_checkpoint)
+        else:
+            x0 = reverse_sde(self.eps_model, xt, schedule=self.schedule, t_start=t_star, n_steps=self.n_steps,
+                             generator=generator, checkpoint=self.grad_checkpoint)
         return self.to_image_space(x0)
 
     def with_steps(self, n_steps: int) -> "DiffPure":
@@ -78,8 +91,16 @@ class DiffPure(DiffusionPurifier):
         check_int(n_steps, "n_steps")
         return self._copy(n_steps=n_steps)
 
+    def with_sampler(self, sampler: str, n_steps: int) -> "DiffPure":
+        """A copy sharing the network with another reverse process (``"ddim"``, ``n_steps`` = 1: one-step
+        denoising estimate), for surrogate-process attacks."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"DiffPure: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+        return self._copy(n_steps=check_int(n_steps, "n_steps"), sampler=sampler)
+
     def describe(self) -> dict:
-        return {**super().describe(), "t": self.t, "n_steps": self.n_steps, "solver": "euler-maruyama reverse VP SDE"}
+        solver = "euler-maruyama reverse VP SDE" if self.sampler == "sde" else "deterministic DDIM (eta 0)"
+        return {**super().describe(), "t": self.t, "n_steps": self.n_steps, "solver": solver}
 
 
 @register("defense", "diffpure")

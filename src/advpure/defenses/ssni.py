@@ -6,16 +6,24 @@ x_i sits from the clean data's high-density region, measured by ``s_i = ||EPS(x_
 (:mod:`advpure.detect.eps`), relative to statistics of clean reference data (mean ``mu``, ``min``, ``max``):
 
 - SSNI-N (sigmoid reweighting):   ``t_i = (t* + b) * sigmoid((s_i - mu) / tau)``
-- SSNI-L (linear reweighting):    ``t_i = clip(t* (s_i - min) / (max - min) + b, t_floor, t_ceil)``
+- SSNI-L (linear reweighting, ``mode=L``), as the authors' code normalises it: with ``min`` and ``max`` taken
+  over the clean reference **and the current batch**, ``t_i = t* (s_i - min) / (max - min) + b`` and the bias
+  ``b`` = 5 DDPM steps (0.005 in continuous time, t = step / 1000). So t_i always lies in ``[b, t* + b]``.
+  Consequence: one image's t depends on the rest of its batch (an input with a large ||EPS|| lowers everyone
+  else's t). In our evaluations the attacker controls the whole batch (every image in an attacked batch is
+  adversarial), which is the setting the authors evaluate; a deployment that mixes users' images in one
+  batch gives one user a lever on the others' purification strength.
+- ``mode=L-ref``: the variant an earlier advpure version used, with min/max from the reference alone and
+  clamping at ``t_ceil``; adversarial inputs then get t far above t* (kept as an option, not the method).
 
-Both are then clamped to ``[t_floor, t_ceil]`` (``t_floor`` = 1e-3, one DDPM step, so every sample is
+All are finally clamped to ``[t_floor, t_ceil]`` (``t_floor`` = 1e-3, one DDPM step, so every sample is
 purified by a valid, positive time; ``t_ceil`` = the model's trained t_max, 1 for a full-range model). The per-sample t replaces the shared t* of the
 wrapped purifier (:class:`~advpure.defenses.diffpure.DiffPure` or any purifier whose ``purify`` takes
 ``t=`` as a per-sample tensor); all samples run in one batch with their own time grids.
 
-Defaults (measured on digits, see README): ``mu``, ``min``, ``max`` from the reference statistics,
-``tau`` = the reference standard deviation of ||EPS|| (so the sigmoid moves over about one clean
-spread), ``b = 0``.
+Defaults: ``mu``, ``min``, ``max`` from the reference statistics, ``tau`` = the reference standard deviation
+of ||EPS|| (so the sigmoid moves over about one clean spread), ``b = 0`` for SSNI-N and ``b = 0.005`` (5 steps)
+for SSNI-L.
 
 ``differentiable=False`` (the authors' evaluation): t is computed without gradient at every call, so an
 attack that calls the defense at every iteration gets a freshly chosen t. ``differentiable=True`` lets
@@ -35,6 +43,9 @@ from ..specs import SpecContext, register
 from .base import Purifier
 
 T_FLOOR = 1e-3
+#: SSNI-L's bias in the authors' code: 5 of the 1000 DDPM steps
+SSNI_L_BIAS = 5 / 1000
+MODES = ("N", "L", "L-ref")
 
 
 def ssni_n(s: torch.Tensor, *, mu: float, tau: float, t_star: float, b: float = 0.0) -> torch.Tensor:
@@ -44,21 +55,33 @@ def ssni_n(s: torch.Tensor, *, mu: float, tau: float, t_star: float, b: float = 
 
 
 def ssni_l(s: torch.Tensor, *, s_min: float, s_max: float, t_star: float, b: float = 0.0) -> torch.Tensor:
-    """SSNI-L: ``t* (s - min) / (max - min) + b`` (clipping is done by the caller)."""
+    """Linear reweighting ``t* (s - min) / (max - min) + b`` with given min/max (clipping is done by the caller)."""
     if not s_max > s_min:
         raise ValueError(f"SSNI-L: reference max ({s_max}) must exceed min ({s_min})")
     return t_star * (s - s_min) / (s_max - s_min) + b
+
+
+def ssni_l_batch(s: torch.Tensor, *, ref_min: float, ref_max: float, t_star: float,
+                 b: float = SSNI_L_BIAS) -> torch.Tensor:
+    """SSNI-L as the authors normalise it: min and max over the clean reference together with the batch ``s``
+    (N,), so the result lies in ``[b, t* + b]``. Differentiable in ``s`` (through the batch min/max too)."""
+    if not ref_max > ref_min:
+        raise ValueError(f"SSNI-L: reference max ({ref_max}) must exceed min ({ref_min})")
+    lo = torch.minimum(s.min(), torch.as_tensor(ref_min, dtype=s.dtype, device=s.device))
+    hi = torch.maximum(s.max(), torch.as_tensor(ref_max, dtype=s.dtype, device=s.device))
+    return t_star * (s - lo) / (hi - lo) + b
 
 
 class SSNI(Purifier):
     """Wrap a diffusion purifier so each sample gets its own noise level from ||EPS||."""
 
     def __init__(self, base: Purifier, *, reference: EPSReference, mode: str = "N", t_star: float | None = None,
-                 tau: float | None = None, b: float = 0.0, t_floor: float = T_FLOOR, t_ceil: float | None = None,
-                 differentiable: bool = False, max_batch: int = 1280) -> None:
+                 tau: float | None = None, b: float | None = None, t_floor: float = T_FLOOR,
+                 t_ceil: float | None = None, differentiable: bool = False, max_batch: int = 1280) -> None:
         super().__init__()
-        if mode not in ("N", "L"):
-            raise ValueError(f"SSNI mode must be 'N' (sigmoid) or 'L' (linear), got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"SSNI mode must be 'N' (sigmoid), 'L' (linear, the authors' batch normalisation) or "
+                             f"'L-ref' (linear, reference-only min/max), got {mode!r}")
         for attr in ("eps_model", "schedule"):
             if not hasattr(base, attr):
                 raise TypeError(f"SSNI wraps a diffusion purifier with .{attr}; got {type(base).__name__}")
@@ -67,7 +90,7 @@ class SSNI(Purifier):
         self.mode = mode
         self.t_star = float(t_star if t_star is not None else getattr(base, "t"))
         self.tau = check_positive(tau if tau is not None else reference.std, "tau")
-        self.b = float(b)
+        self.b = float(b if b is not None else (SSNI_L_BIAS if mode == "L" else 0.0))
         model_t_max = min(float(getattr(base.schedule, "t_max", 1.0)), float(getattr(base.eps_model, "t_max", 1.0)))
         t_ceil = model_t_max if t_ceil is None else t_ceil
         if not 0 < t_floor < t_ceil <= model_t_max:
@@ -99,6 +122,8 @@ class SSNI(Purifier):
         """Per-sample t from ||EPS|| values ``s`` (N,)."""
         if self.mode == "N":
             t = ssni_n(s, mu=self.reference.mean, tau=self.tau, t_star=self.t_star, b=self.b)
+        elif self.mode == "L":
+            t = ssni_l_batch(s, ref_min=self.reference.min, ref_max=self.reference.max, t_star=self.t_star, b=self.b)
         else:
             t = ssni_l(s, s_min=self.reference.min, s_max=self.reference.max, t_star=self.t_star, b=self.b)
         return t.clamp(self.t_floor, self.t_ceil)
@@ -118,6 +143,12 @@ class SSNI(Purifier):
                    differentiable=self.differentiable, max_batch=self.max_batch)
         return new
 
+    def with_sampler(self, sampler: str, n_steps: int) -> "SSNI":
+        """Same SSNI (same per-sample t) over another reverse process of the wrapped purifier (surrogate)."""
+        return SSNI(self.base.with_sampler(sampler, n_steps), reference=self.reference, mode=self.mode,
+                    t_star=self.t_star, tau=self.tau, b=self.b, t_floor=self.t_floor, t_ceil=self.t_ceil,
+                    differentiable=self.differentiable, max_batch=self.max_batch)
+
     def describe(self) -> dict:
         return {"name": f"SSNI-{self.mode}", "base": self.base.describe(), "t_star": self.t_star, "tau": self.tau,
                 "b": self.b, "mu": self.reference.mean, "min": self.reference.min, "max": self.reference.max,
@@ -126,10 +157,12 @@ class SSNI(Purifier):
 
 @register("defense", "ssni")
 def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | os.PathLike | None = None,
-          mode: str = "N", t: float = 0.1, tau: float | None = None, b: float = 0.0, base: str = "diffpure",
+          mode: str = "N", t: float = 0.1, tau: float | None = None, b: float | None = None, base: str = "diffpure",
           differentiable: bool = False, steps: int | None = None, checkpoint: bool = False,
           t_ceil: float | None = None) -> SSNI:
-    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L,t=0.1,tau=..,b=0,t_ceil=..,differentiable=false``.
+    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L|L-ref,t=0.1,tau=..,b=..,t_ceil=..,differentiable=false``.
+
+    ``b`` defaults to 0 for SSNI-N and to 5 DDPM steps (0.005) for SSNI-L.
 
     ``t_ceil`` defaults to the model's trained t_max (1 for a full-range model).
 

@@ -6,9 +6,12 @@ once. Kernels that need an expensive representation expose :meth:`embed` (comput
 :meth:`matrix` (the Gram matrix of two embeddings); ``kernel(a, b) == kernel.matrix(embed(a), embed(b))``.
 
 The deep kernel (Liu et al., ICML 2020, "Learning Deep Kernels for Non-Parametric Two-Sample Tests",
-Eq. (5) as implemented in their code) is::
+Eq. (5): k(x, y) = [(1 - e) kappa(phi(x), phi(y)) + e] q(x, y), with kappa and q Gaussian, as implemented in
+their DK-for-TST code's ``MMDu`` and in the DAD code) is::
 
-    k(x, y) = [(1 - e) exp(-||phi(x) - phi(y)||^2 / s_phi - ||x - y||^2 / s_q) + e] * exp(-||x - y||^2 / s_q)
+    k(x, y) = (1 - e) exp(-||phi(x) - phi(y)||^2 / s_phi - ||x - y||^2 / s_q) + e exp(-||x - y||^2 / s_q)
+
+i.e. the input-space Gaussian q multiplies both terms once (an earlier advpure version applied it twice).
 
 with a featurizer ``phi``, ``e`` in (0, 1) (sigmoid-parametrised) and bandwidths ``s_phi, s_q > 0``
 (log-parametrised). The semantic-aware variant (Gao et al., ICML 2021, "Maximum Mean Discrepancy Test is
@@ -238,7 +241,7 @@ class DeepKernel(nn.Module):
         dq = sq_dists(ea[0], eb[0]) / self.sigma_q
         dphi = sq_dists(ea[1], eb[1]) / self.sigma_phi
         e = self.epsilon
-        return ((1 - e) * torch.exp(-dphi - dq) + e) * torch.exp(-dq)
+        return (1 - e) * torch.exp(-dphi - dq) + e * torch.exp(-dq)
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.matrix(self.embed(a), self.embed(b))

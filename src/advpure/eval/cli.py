@@ -39,8 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--classifier", required=True, help="classifier spec for advpure.models.load_classifier")
     p.add_argument("--defense", default="none", help="defense spec NAME:key=value,... (default none)")
-    p.add_argument("--attack", default="none", help="attack spec, e.g. pgd:norm=linf,eps=8/255,steps=200,eot=20; "
-                                                    "'none' for clean accuracy only")
+    p.add_argument("--attack", default="none", help="attack spec, e.g. standard (worst case over the standard attack "
+                                                    "list for the defense, cheapest first), lite, "
+                                                    "pgd:norm=linf,eps=8/255,steps=200,eot=20; 'none' for clean accuracy only")
     p.add_argument("--surrogate-defense", default=None, help="defense spec used by the 'surrogate' attack")
     p.add_argument("--surrogate-classifier", default=None, help="classifier spec used by the 'transfer' attack")
     p.add_argument("--n", "--n-samples", dest="n", type=int, default=100,
@@ -48,10 +49,13 @@ def register(subparsers) -> None:
     p.add_argument("--subset-seed", type=int, default=0)
     p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
     p.add_argument("--batch-size", type=int, default=100)
-    p.add_argument("--eval-draws", type=int, default=5, help="fresh draws of a stochastic defense in the final evaluation")
+    p.add_argument("--eval-draws", type=int, default=20, help="fresh draws of a stochastic defense in the final "
+                                                               "evaluation (default 20; the worst case is over these)")
     p.add_argument("--no-early-stop", action="store_true", help="return the last iterate instead of the first successful one")
     p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking checks")
-    p.add_argument("--sanity-n", type=int, default=16, help="samples used by the sanity checks (default 16)")
+    p.add_argument("--sanity-n", type=int, default=32, help="samples used by the sanity checks (default 32, at least 8)")
+    p.add_argument("--convergence", action="store_true", help="also run the attack at 2x and 4x steps (and EOT) on the "
+                                                              "sanity subset and report whether it converged")
     p.add_argument("--sanity-queries", type=int, default=200, help="Square queries in the black-box check")
     p.add_argument("--votes", type=int, default=0, help="majority vote over K purifications (0 = none; "
                                                         "for cmap, >= 1 votes over its K latents)")
@@ -109,7 +113,8 @@ def _handler(args: argparse.Namespace) -> int:
         defense=args.defense, attack=args.attack, n=args.n, subset_seed=args.subset_seed, seeds=args.seeds,
         batch_size=args.batch_size, out=args.out, journal=args.journal, device=args.device,
         eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
-        sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, surrogate_defense=args.surrogate_defense,
+        sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, convergence=args.convergence,
+        surrogate_defense=args.surrogate_defense,
         surrogate_classifier=args.surrogate_classifier, votes=args.votes, progress=not args.no_progress,
     )
     import os

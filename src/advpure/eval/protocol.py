@@ -1,10 +1,16 @@
-"""Evaluation protocol for stochastic defenses (Lee & Kim, ICCV 2023, sec. 3; Athalye et al. 2018).
+"""Evaluation protocol (Athalye et al. 2018; Croce et al. 2022 for stochastic defenses), built so that a robust
+accuracy is an upper bound on the defense's true robustness.
 
-- **Evaluate while optimising**: the attack keeps, per sample, the first iterate that fooled the
-  defense (``early_stop=True`` on the attacks in :mod:`advpure.attacks`), instead of only the last one.
-- **Final evaluation with fresh randomness**: the adversarial batch is classified ``draws`` times with
-  fresh draws of the defense's randomness; we report the mean accuracy over draws and the worst case
-  per sample (a sample is robust in the worst case only when every draw classifies it correctly).
+- **Stochastic defenses**: every image is attacked (none is skipped because one random clean pass misclassified
+  it) and the attack never stops early on its own noisy draws: it returns its last iterate (or its own loss-based
+  choice), or, for the ``standard``/``lite`` ensembles, the candidate that a *separate* set of 16 fresh draws
+  finds worst (:mod:`advpure.attacks.ensemble`). Enforced in :class:`advpure.attacks.base.Attack`.
+- **Deterministic defenses**: evaluate-while-optimising (``early_stop``) is allowed: the first iterate that
+  fooled the model is kept, and images the clean pass misclassifies are not attacked.
+- **Final evaluation with fresh randomness**: the adversarial batch is classified ``eval_draws`` times (default
+  20) with fresh draws of the defense's randomness; the headline is the mean accuracy over draws, and the worst
+  case per image over those draws (robust only when every draw classifies it correctly) is reported with the
+  number of draws it was taken over (it falls as draws grow). Both carry 95% intervals across images and seeds.
   Deterministic models are evaluated once.
 - **Majority-vote defenses** (a model, or its ``defense``, with ``voting = True``) already return the voted
   prediction; they are evaluated as they are, like any other model.
@@ -26,7 +32,7 @@ class Protocol:
     """``eval_draws``: fresh draws of a stochastic defense in the final evaluation (1 for deterministic models);
     ``early_stop``: evaluate-while-optimising in the attack."""
 
-    eval_draws: int = 5
+    eval_draws: int = 20
     early_stop: bool = True
 
     def __post_init__(self) -> None:
@@ -40,6 +46,12 @@ class Protocol:
         if model is not None:
             d["draws_used"] = self.draws_for(model)
             d["stochastic"] = is_stochastic(model)
+            d["early_stop_applied"] = bool(self.early_stop and not is_stochastic(model))
+            d["statement"] = (
+                "stochastic defense: every image attacked, no early stop on the attack's own draws; "
+                f"accuracy on {self.draws_for(model)} fresh draws" if is_stochastic(model) else
+                "deterministic model: " + ("first successful iterate kept (early stop)" if self.early_stop
+                                           else "last iterate"))
             d["voting"] = bool(getattr(model, "voting", False) or getattr(getattr(model, "defense", None), "voting", False))
         return d
 

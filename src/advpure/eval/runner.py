@@ -29,9 +29,9 @@ from ..attacks.base import Attack, is_stochastic
 from ..contracts import check_int
 from ..specs import SpecContext, build
 from .journal import Journal, args_key
-from .metrics import mean_std, merge_perturbation_stats, perturbation_stats, success_rate
+from .metrics import interval95, mean_std, merge_perturbation_stats, perturbation_stats, success_rate
 from .protocol import Protocol, correct_draws, summarize
-from .sanity import WARN, run_sanity_checks
+from .sanity import BLOCKING, WARN, run_sanity_checks
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
              attack: str | Attack | None = "none", n: int = 100, subset_seed: int = 0,
              seeds: Sequence[int] = (0,), batch_size: int = 100, split: str = "test",
              data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-             journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 5,
-             early_stop: bool = True, sanity: bool = True, sanity_n: int = 16, sanity_queries: int = 200,
+             journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 20,
+             early_stop: bool = True, sanity: bool = True, sanity_n: int = 32, sanity_queries: int = 200,
+             convergence: bool = False, convergence_factors: Sequence[int] = (1, 2, 4),
              surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
              votes: int = 0, progress: bool = True) -> dict:
     """Evaluate and return the result record (also written to ``out`` as JSON when given).
@@ -140,6 +141,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only). ``eval_draws`` fresh draws of a
     stochastic defense in the final evaluation; ``early_stop``: evaluate-while-optimising (applied unless the
     attack spec sets ``early_stop`` itself). ``sanity``: gradient-masking checks on ``sanity_n`` samples.
+    ``convergence``: also run the attack at ``convergence_factors`` x (steps, EOT) on the sanity subset and say
+    whether robust accuracy is flat within its 95% interval (:func:`advpure.eval.sanity.convergence_curve`).
     ``votes``: 0 = classify one purification; K >= 2 = majority vote over K purifications
     (:class:`~advpure.defenses.voting.MajorityVote`); for a CMAP defense any ``votes >= 1`` votes over its own
     K latents (:class:`~advpure.defenses.cmap.CMAPClassifier`). Voting models are evaluated as the voted prediction.
@@ -169,6 +172,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     else:
         defense_mod = defense
     model = _wrap(clf, defense_mod, votes).to(dev).eval()
+    ctx.extra["defense"] = defense_mod
+    ctx.extra["model"] = model
     if surrogate_defense is not None:
         ctx.extra["surrogate_model"] = DefendedClassifier(clf, build("defense", surrogate_defense, ctx)).to(dev).eval()
     if surrogate_classifier is not None:
@@ -228,6 +233,9 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
             x_adv = att(model, x, y)
             robust = correct_draws(model, x_adv, y, draws)
             rec["robust"] = robust.int().tolist()
+            if getattr(att, "last_broken_by", None):
+                rec["broken_by"] = list(att.last_broken_by)
+                rec["ensemble_rows"] = list(att.last_rows)
             rec["forwards_per_image"] = att.last_stats.forwards_per_image
             rec["eot"] = att.last_stats.eot
             rec["perturbation"] = perturbation_stats(x_adv, x)
@@ -259,7 +267,23 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
                                             square_queries=sanity_queries,
                                             reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
             jr.append({"type": "sanity", "rows": sanity_rows})
+    convergence_rec: dict | None = None
+    if convergence and att is not None and rank == 0:
+        prev_c = list(jr.of_type("convergence"))
+        if prev_c:
+            convergence_rec = prev_c[-1]["result"]
+        else:
+            from .sanity import convergence_curve
+
+            m = min(sanity_n, n)
+            xs, ys = sub.batch(list(range(m)))
+            convergence_rec = convergence_curve(
+                model, att, xs.to(dev), ys.to(dev), draws=draws, factors=convergence_factors,
+                reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
+            jr.append({"type": "convergence", "result": convergence_rec})
     result = _assemble(config, key, records, seeds, n, model, att, protocol, sanity_rows, dev, world)
+    if convergence_rec is not None:
+        result["convergence"] = convergence_rec
     if world > 1:
         import torch.distributed as dist
 
@@ -278,6 +302,8 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
     per_seed = []
     total_seconds = 0.0
     fwd, perts, quality = [], [], {"ssim": [], "psnr": []}
+    pooled: dict[str, list[float]] = {"clean": [], "robust": [], "robust_worst": []}
+    broken_by: dict[str, int] = {}
     for s in seeds:
         rs = sorted((r for r in records if r["seed"] == s), key=lambda r: r["batch"])
         got = sum(len(r["indices"]) for r in rs)
@@ -285,8 +311,15 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
             raise RuntimeError(f"seed {s}: {got} evaluated samples, expected {n} (journal incomplete)")
         clean = torch.cat([torch.tensor(r["clean"], dtype=torch.bool) for r in rs], dim=1)
         entry: dict[str, Any] = {"seed": s, "clean": summarize(clean)}
+        pooled["clean"] += clean.float().mean(0).tolist()
         if att is not None:
             robust = torch.cat([torch.tensor(r["robust"], dtype=torch.bool) for r in rs], dim=1)
+            pooled["robust"] += robust.float().mean(0).tolist()
+            pooled["robust_worst"] += robust.all(0).float().tolist()
+            for r in rs:
+                for name in r.get("broken_by") or []:
+                    key_b = name or "survived"
+                    broken_by[key_b] = broken_by.get(key_b, 0) + 1
             entry["robust"] = summarize(robust)
             entry["success_rate"] = success_rate(clean, robust)
             fwd += [r["forwards_per_image"] * len(r["indices"]) for r in rs]
@@ -316,6 +349,7 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
         "seeds": seeds,
         "per_seed": per_seed,
         "clean_accuracy": agg("clean", "mean"),
+        "clean_accuracy_ci95": interval95(pooled["clean"]),
         "cost": {"seconds_total": total_seconds, "seconds_per_image": total_seconds / n_eval,
                  "attack_forwards_per_image": fpi, "evaluation_forwards_per_image": eval_fpi,
                  "network_evals_per_image": (fpi + eval_fpi) * (1.0 + nfe),
@@ -328,7 +362,16 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
     }
     if att is not None:
         result["robust_accuracy"] = agg("robust", "mean")
+        result["robust_accuracy_ci95"] = interval95(pooled["robust"])
         result["robust_accuracy_worst_case"] = agg("robust", "worst")
+        result["robust_accuracy_worst_case_ci95"] = interval95(pooled["robust_worst"])
+        result["worst_case_draws"] = protocol.draws_for(model)
+        if broken_by:
+            result["broken_by"] = broken_by
+        blocked = [r["check"] for r in (sanity_rows or []) if r["status"] == WARN and r["check"] in BLOCKING]
+        result["publishable"] = not blocked
+        if blocked:
+            result["not_publishable_because"] = blocked
         result["attack_success_rate"] = mean_std([e["success_rate"] for e in per_seed])
         result["perturbation"] = merge_perturbation_stats(perts)
     q: dict[str, Any] = {}
@@ -344,10 +387,13 @@ def _assemble(config: dict, key: str, records: list[dict], seeds: list[int], n: 
 def format_markdown(result: dict) -> str:
     """A Markdown table of the headline numbers and the sanity checks (WARNING rows in capitals)."""
 
-    def pct(d: dict | None) -> str:
+    def pct(d: dict | None, ci: dict | None = None) -> str:
         if not d:
             return "-"
-        return f"{100 * d['mean']:.2f}% ± {100 * d['std']:.2f}" if d.get("n", 1) > 1 else f"{100 * d['mean']:.2f}%"
+        txt = f"{100 * d['mean']:.2f}% ± {100 * d['std']:.2f}" if d.get("n", 1) > 1 else f"{100 * d['mean']:.2f}%"
+        if ci and ci.get("mean") is not None:
+            txt += f" [95% CI {100 * ci['low']:.1f}-{100 * ci['high']:.1f}, {ci['n']} image-seeds]"
+        return txt
 
     rows = [("dataset", f"{result['dataset']['name']}/{result['dataset']['split']} n={result['dataset']['n']} "
                         f"(subset seed {result['dataset']['subset_seed']})"),
@@ -355,13 +401,20 @@ def format_markdown(result: dict) -> str:
             ("defense", f"{result['defense']['spec']} (stochastic={result['defense']['stochastic']}, "
                         f"nfe={result['defense']['nfe']:g})"),
             ("attack", str(result["attack"]["spec"])),
-            ("protocol", f"draws={result['protocol'].get('draws_used')}, early_stop={result['protocol']['early_stop']}"),
+            ("protocol", result["protocol"].get("statement") or
+             f"draws={result['protocol'].get('draws_used')}, early_stop={result['protocol']['early_stop']}"),
             ("seeds", ",".join(map(str, result["seeds"]))),
-            ("clean accuracy", pct(result["clean_accuracy"]))]
+            ("clean accuracy", pct(result["clean_accuracy"], result.get("clean_accuracy_ci95")))]
     if "robust_accuracy" in result:
-        rows += [("robust accuracy (mean over draws)", pct(result["robust_accuracy"])),
-                 ("robust accuracy (worst case over draws)", pct(result["robust_accuracy_worst_case"])),
+        if not result.get("publishable", True):
+            rows.append(("**NOT PUBLISHABLE**", "**a blocking sanity check failed: "
+                         + ", ".join(result.get("not_publishable_because", [])) + "**"))
+        rows += [("robust accuracy (mean over draws)", pct(result["robust_accuracy"], result.get("robust_accuracy_ci95"))),
+                 (f"robust accuracy (worst case over {result.get('worst_case_draws', '?')} draws)",
+                  pct(result["robust_accuracy_worst_case"], result.get("robust_accuracy_worst_case_ci95"))),
                  ("attack success rate", pct(result["attack_success_rate"]))]
+        if result.get("broken_by"):
+            rows.append(("broken by (image-seeds)", ", ".join(f"{k}: {v}" for k, v in result["broken_by"].items())))
         p = result["perturbation"]
         rows.append(("perturbation", f"max linf {p['max_linf']:.5f}, max l2 {p['max_l2']:.4f}, NaN {p['nan']}, "
                                      f"pixels [{p['min_pixel']:.3f}, {p['max_pixel']:.3f}]"))
@@ -372,6 +425,10 @@ def format_markdown(result: dict) -> str:
     for k, v in (result.get("purified_quality") or {}).items():
         rows.append((f"purified {k.upper()}", f"{v['mean']:.4f} ± {v['std']:.4f}"))
     rows.append(("purified LPIPS", result.get("purified_quality_lpips", "-")))
+    conv = result.get("convergence")
+    if conv:
+        rows.append(("convergence", ("CONVERGED" if conv["converged"] else "**NOT CONVERGED**") + ": "
+                     + " -> ".join(f"{100 * p['robust']:.1f}% (steps x{p['factor']})" for p in conv["curve"])))
     for r in result.get("sanity_checks") or []:
         label = f"sanity: {r['check']}"
         if r["status"] == WARN:

@@ -8,15 +8,23 @@ means the robustness number of the run should not be trusted before it is unders
    use EOT (eot > 1), and the model must declare ``stochastic = True`` (else EOT is silently off).
 2. ``gradients``: the gradient the attack uses is neither NaN nor zero for most samples.
 3. ``large_eps``: at a very large epsilon the attack must reach ~0 robust accuracy (unbounded attacks win).
-4. ``more_iterations``: twice the steps (and twice the EOT for a random model) must not *raise* robust accuracy.
-5. ``black_box``: a gradient-free attack (Square, linf) must not beat the white-box attack.
+   **Blocking** (with ``gradients``): a run whose check warns is marked not publishable (the table says so).
+4. ``more_iterations``: twice the steps (and twice the EOT for a random model) must not change robust accuracy
+   beyond the 95% interval of the paired difference: a significant drop means the attack had not converged, a
+   significant rise that something is off (e.g. gradient masking).
+5. ``black_box``: a gradient-free attack (Square, linf) must not beat the white-box attack beyond the 95%
+   interval of the paired difference.
 
-All run on a small subset (``n`` samples) so they are cheap; sizes are options of :func:`run_sanity_checks`.
+Comparisons are paired per image (the same images under both attacks; per image the share of draws classifying
+it correctly), so that a difference counts when the images that changed outnumber chance (for a deterministic
+model this is McNemar's test), instead of a fixed tolerance. The default subset is 32 images
+(:func:`advpure.eval.runner.run_eval`'s ``sanity_n``); a smaller subset is refused below 8 images.
+:func:`convergence_curve` runs the attack at growing steps x EOT and says whether robust accuracy is flat.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,7 +34,12 @@ from ..attacks.base import Attack, is_stochastic
 from ..attacks.square import Square
 from .protocol import correct_draws
 
+from .metrics import paired_difference
+
 PASS, WARN, SKIP = "PASS", "WARNING", "SKIPPED"
+#: checks whose warning blocks publication of the row
+BLOCKING = ("large_eps", "gradients")
+MIN_SANITY_N = 8
 
 
 def _row(check: str, status: str, detail: str, **values) -> dict:
@@ -76,20 +89,22 @@ def check_gradients(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.
 
 def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1,
                       large_eps: float | None = None, large_eps_max_acc: float = 0.1, square_queries: int = 200,
-                      tolerance: float | None = None,
                       reseed: Callable[[int], None] | None = None) -> list[dict]:
     """Run the five checks on (x, y); ``reseed(i)`` is called before each attack run for reproducibility."""
     n = x.shape[0]
-    tol = tolerance if tolerance is not None else max(2.0 / n, 0.05)
+    if n < MIN_SANITY_N:
+        raise ValueError(f"sanity checks: need at least {MIN_SANITY_N} images to be able to fail, got {n} "
+                         "(raise --sanity-n, or --no-sanity)")
     rs = reseed or (lambda i: None)
     rows = [check_randomness(model, attack, x), check_gradients(model, attack, x, y)]
 
-    def robust_acc(att: Attack, i: int) -> float:
+    def scores(att: Attack, i: int) -> list[float]:
         rs(i)
         xa = att(model, x, y)
-        return float(correct_draws(model, xa, y, draws).float().mean())
+        return correct_draws(model, xa, y, draws).float().mean(0).tolist()
 
-    base = robust_acc(attack, 1)
+    base_s = scores(attack, 1)
+    base = sum(base_s) / n
     # 3. large epsilon
     if attack.eps == float("inf"):
         rows.append(_row("large_eps", SKIP, f"{attack.name} is unbounded"))
@@ -100,13 +115,15 @@ def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torc
         inner = attack
         for attr in ("base", "pgd"):
             inner = getattr(inner, attr, inner)
-        if hasattr(inner, "step_size") and hasattr(inner, "steps"):
-            changes["step_size"] = 2.5 * big / inner.steps
+        if hasattr(inner, "step_size") and hasattr(inner, "steps") or hasattr(attack, "attacks"):
+            changes["step_size"] = 2.5 * big / max(1, getattr(inner, "steps", 1))
         try:
-            acc = robust_acc(attack.replace(**changes), 2)
+            acc_s = scores(attack.replace(**changes), 2)
+            acc = sum(acc_s) / n
             status = PASS if acc <= large_eps_max_acc else WARN
             rows.append(_row("large_eps", status, f"robust accuracy {acc:.1%} at {attack.norm} eps={big:.3g} "
-                             f"(expected <= {large_eps_max_acc:.0%})", eps=big, robust_acc=acc))
+                             f"(expected <= {large_eps_max_acc:.0%}; blocks publication when above)",
+                             eps=big, robust_acc=acc))
         except ValueError as e:
             rows.append(_row("large_eps", SKIP, str(e)))
     # 4. more iterations / EOT
@@ -114,10 +131,18 @@ def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torc
         ch: dict = {"steps": 2 * attack.steps}
         if is_stochastic(model) and attack.gradient_based:
             ch["eot"] = 2 * attack.eot
-        more = robust_acc(attack.replace(**ch), 1)  # same random start as the base run
-        status = WARN if more > base + tol else PASS
+        more_s = scores(attack.replace(**ch), 1)  # same random start as the base run
+        more = sum(more_s) / n
+        pd = paired_difference(base_s, more_s)
+        if pd["significant"] and pd["diff"] < 0:
+            status, what = WARN, "not converged: more iterations lower robust accuracy beyond the 95% interval"
+        elif pd["significant"]:
+            status, what = WARN, "more iterations raise robust accuracy beyond the 95% interval"
+        else:
+            status, what = PASS, "within the 95% interval"
         rows.append(_row("more_iterations", status, f"robust accuracy {base:.1%} -> {more:.1%} with "
-                         + ", ".join(f"{k}x2" for k in ch), base=base, more=more))
+                         + ", ".join(f"{k}x2" for k in ch) + f" ({what}, +-{pd['half_width']:.1%})",
+                         base=base, more=more, half_width=pd["half_width"]))
     else:
         rows.append(_row("more_iterations", SKIP, f"{attack.name} has no steps option"))
     # 5. black box
@@ -127,11 +152,44 @@ def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torc
         rows.append(_row("black_box", SKIP, "Square is implemented for linf only"))
     else:
         sq = Square(eps=attack.eps, n_queries=square_queries, seed=0)
-        acc = robust_acc(sq, 4)
-        status = WARN if acc < base - tol else PASS
-        rows.append(_row("black_box", status, f"Square ({square_queries} queries) {acc:.1%} vs white-box {base:.1%}",
-                         square=acc, white_box=base))
+        sq_s = scores(sq, 4)
+        acc = sum(sq_s) / n
+        pd = paired_difference(base_s, sq_s)
+        status = WARN if pd["significant"] and pd["diff"] < 0 else PASS
+        rows.append(_row("black_box", status, f"Square ({square_queries} queries) {acc:.1%} vs white-box {base:.1%} "
+                         f"(+-{pd['half_width']:.1%})", square=acc, white_box=base, half_width=pd["half_width"]))
     return rows
+
+
+def convergence_curve(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1,
+                      factors: Sequence[int] = (1, 2, 4), reseed: Callable[[int], None] | None = None,
+                      progress: bool = False) -> dict:
+    """Robust accuracy on (x, y) with the attack's steps (and EOT, for a stochastic model) multiplied by each of
+    ``factors``. Converged when the last doubling changes robust accuracy by less than the 95% interval of the
+    paired per-image difference. Returns ``{"curve": [{"factor", "steps", "eot", "robust"}], "converged",
+    "last_change", "half_width"}``."""
+    if not hasattr(attack, "steps"):
+        raise ValueError(f"convergence: attack {attack.name} has no steps option")
+    fs = sorted({int(f) for f in factors})
+    if len(fs) < 2 or fs[0] < 1:
+        raise ValueError(f"convergence: need at least two factors >= 1, got {list(factors)}")
+    rs = reseed or (lambda i: None)
+    curve, per_image = [], []
+    for i, f in enumerate(fs):
+        ch: dict = {"steps": attack.steps * f}
+        if is_stochastic(model) and attack.gradient_based:
+            ch["eot"] = attack.eot * f
+        att = attack.replace(**ch) if f != 1 else attack
+        rs(i)
+        xa = att(model, x, y)
+        s = correct_draws(model, xa, y, draws).float().mean(0).tolist()
+        per_image.append(s)
+        curve.append({"factor": f, "steps": ch["steps"], "eot": ch.get("eot", attack.eot), "robust": sum(s) / len(s)})
+        if progress:
+            print(f"convergence: steps x{f}: robust {curve[-1]['robust']:.1%}", flush=True)
+    pd = paired_difference(per_image[-2], per_image[-1])
+    return {"curve": curve, "converged": not pd["significant"], "last_change": pd["diff"],
+            "half_width": pd["half_width"], "n": len(per_image[-1])}
 
 
 def any_warning(rows: list[dict]) -> bool:

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from ..checkpoint import load_into, load_state_dict, read_sidecar, save_weights, verify_sha256
 from .classifiers import (
-    CIFAR_MEAN_IMAGENET, CIFAR_STD_IMAGENET, ImageClassifier, PreActResNet18, ResNetCifar, SmallCNN, WideResNet,
+    CIFAR_MEAN_IMAGENET, CIFAR_STD_IMAGENET, FastCifarNet, ImageClassifier, PreActResNet18, ResNetCifar, SmallCNN, WideResNet,
 )
 
 # name -> (class, default keyword arguments)
@@ -30,6 +30,7 @@ ARCHS: dict[str, tuple[type[ImageClassifier], dict[str, Any]]] = {
     "wrn-70-16": (WideResNet, {"depth": 70, "widen_factor": 16}),
     "preact-resnet18": (PreActResNet18, {}),
     "small-cnn": (SmallCNN, {}),
+    "fastnet": (FastCifarNet, {}),
 }
 
 # Recorded hashes of third-party weights this project knows (see shared/README.md).
@@ -92,5 +93,5 @@ def load_classifier(spec: str | os.PathLike, *, sha256: str | None = None, **arc
     return model.eval()
 
 
-__all__ = ["ARCHS", "KNOWN_SHA256", "ImageClassifier", "ResNetCifar", "WideResNet", "PreActResNet18", "SmallCNN",
+__all__ = ["ARCHS", "KNOWN_SHA256", "FastCifarNet", "ImageClassifier", "ResNetCifar", "WideResNet", "PreActResNet18", "SmallCNN",
            "build_classifier", "load_classifier", "save_classifier", "CIFAR_MEAN_IMAGENET", "CIFAR_STD_IMAGENET"]

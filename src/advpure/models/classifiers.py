@@ -267,3 +267,78 @@ class SmallCNN(ImageClassifier):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.body((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- fast CIFAR net (airbench style)
+class _ConvGroup(nn.Module):
+    """conv 3x3 -> maxpool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU (Jordan 2024, airbench)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.bn1(F.max_pool2d(self.conv1(x), 2)))
+        return F.gelu(self.bn2(self.conv2(x)))
+
+
+class FastCifarNet(ImageClassifier):
+    """The fast-training CIFAR-10 network of K. Jordan, "94% on CIFAR-10 in 3.29 seconds on a single GPU"
+    (arXiv:2404.00498, airbench94): a 2x2 patch-whitening stem (24 channels, set from the training data's patch
+    covariance by :meth:`init_whitening` and kept fixed; its bias trains), three conv groups of widths
+    64/256/256, global max pooling and a bias-free linear head scaled by ``head_scale`` (1/9 in airbench).
+
+    ``flip_tta``: when true, the logits are averaged over the image and its horizontal mirror (test-time
+    augmentation; doubles the cost of a forward). Input normalisation: the whitening stem subtracts the
+    patch mean itself, so mean/std default to none.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+                 widths: Sequence[int] = (64, 256, 256), head_scale: float = 1 / 9, flip_tta: bool = False,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        w = [int(v) for v in widths]
+        if len(w) != 3 or min(w) < 1:
+            raise ValueError(f"FastCifarNet widths: expected three positive ints, got {widths!r}")
+        self.whiten = nn.Conv2d(in_channels, 2 * in_channels * 4, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        self.group1 = _ConvGroup(2 * in_channels * 4, w[0])
+        self.group2 = _ConvGroup(w[0], w[1])
+        self.group3 = _ConvGroup(w[1], w[2])
+        self.head = nn.Linear(w[2], num_classes, bias=False)
+        self.head_scale = float(head_scale)
+        self.flip_tta = bool(flip_tta)
+
+    @torch.no_grad()
+    def init_whitening(self, x: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set the stem to the eigenvectors of the 2x2 patch covariance of ``x`` (N, C, H, W in [0, 1],
+        normalised as the model normalises), scaled by 1/sqrt(eigenvalue + eps), each with its negative."""
+        x = (x - self.mean) / self.std
+        c = x.shape[1]
+        patches = x.unfold(2, 2, 1).unfold(3, 2, 1).transpose(1, 3).reshape(-1, c, 2, 2).double()
+        flat = patches.flatten(1)
+        flat = flat - flat.mean(0, keepdim=True)
+        cov = flat.T @ flat / len(flat)
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0), evecs.T.flip(0)  # largest first
+        w = (evecs / torch.sqrt(evals.clamp_min(0) + eps)[:, None]).view(-1, c, 2, 2)
+        self.whiten.weight.copy_(torch.cat([w, -w]).to(self.whiten.weight.dtype))
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.whiten(x))
+        x = self.group3(self.group2(self.group1(x)))
+        return x.amax(dim=(2, 3))
+
+    def _logits_once(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self._body(x)) * self.head_scale
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if self.flip_tta:
+            return 0.5 * (self._logits_once(x) + self._logits_once(x.flip(3)))
+        return self._logits_once(x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body((x - self.mean) / self.std)

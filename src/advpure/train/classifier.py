@@ -1,8 +1,10 @@
 """``advpure train classifier``: seeded, resumable supervised training of a classifier.
 
-SGD with Nesterov momentum and a cosine schedule, crop(+flip) augmentation, a resume file written
-after every epoch (a killed run continues from the last finished epoch), channels_last + bf16
-autocast on CUDA. The result is saved as safetensors with a JSON sidecar that records the measured
+SGD with Nesterov momentum and a cosine or one-cycle (linear warm-up, linear decay) schedule, optional
+label smoothing, crop(+flip) augmentation, a resume file written after every epoch (a killed run continues
+from the last finished epoch), channels_last (and bf16 autocast on CUDA). Architectures with a data-set
+whitening stem (``fastnet``) are initialised from the training images before the first step. Models with a
+``flip_tta`` switch record their test accuracy with and without test-time flipping. The result is saved as safetensors with a JSON sidecar that records the measured
 test accuracy and the command that produced it.
 """
 
@@ -20,6 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import load_dataset
+from ..specs import parse_spec
 from ..models import ImageClassifier, build_classifier, save_classifier
 from .common import augment_crop_flip, load_resume, pick_device, save_resume
 
@@ -44,6 +47,12 @@ class ClassifierTrainConfig:
     device: str = "auto"
     train_subset: int | None = None
     out: str = "classifier.safetensors"
+    label_smoothing: float = 0.0
+    schedule: str = "cosine"
+    warmup: float = 0.2
+    momentum: float = 0.9
+    pad: int | None = None
+    arch_kwargs: dict | None = None
 
     def resolved(self) -> dict:
         if self.dataset not in DEFAULTS:
@@ -55,7 +64,29 @@ class ClassifierTrainConfig:
                 d[k] = v
         if d["epochs"] < 1 or d["batch_size"] < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {d['epochs']} and {d['batch_size']}")
+        if self.schedule not in ("cosine", "onecycle"):
+            raise ValueError(f"schedule: expected cosine or onecycle, got {self.schedule!r}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.warmup < 1.0:
+            raise ValueError(f"warmup: expected a fraction in [0, 1), got {self.warmup}")
+        if self.pad is not None:
+            if self.pad < 0:
+                raise ValueError(f"pad: expected >= 0, got {self.pad}")
+            d["pad"] = self.pad
         return d
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup: float) -> float:
+    """Multiplier of the peak learning rate at ``step`` of ``total``: cosine decay, or one-cycle (linear from
+    0.1 to 1 over the first ``warmup`` fraction, then linear to 0)."""
+    s = min(step, total)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * s / total))
+    w = warmup * total
+    if s < w:
+        return 0.1 + 0.9 * s / w
+    return max(0.0, (total - s) / max(total - w, 1.0))
 
 
 @torch.no_grad()
@@ -88,14 +119,21 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     if cfg.train_subset:
         train = train.subset(cfg.train_subset, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_classifier(p["arch"], **_model_kwargs(cfg.dataset, train.shape, train.num_classes)).to(device)
+    model = build_classifier(p["arch"], **{**_model_kwargs(cfg.dataset, train.shape, train.num_classes),
+                                           **(cfg.arch_kwargs or {})}).to(device)
     model.validate_inputs = False  # the data is checked once below
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=p["lr"], momentum=0.9, nesterov=True, weight_decay=p["weight_decay"])
+    x_all, y_all = train.tensors()
+    from ..contracts import check_images
+
+    check_images(x_all, name=f"{cfg.dataset} train images")
+    if hasattr(model, "init_whitening"):
+        model.init_whitening(x_all[:5000].to(device))
+    model = model.to(memory_format=torch.channels_last)
+    params = [q for q in model.parameters() if q.requires_grad]
+    opt = torch.optim.SGD(params, lr=p["lr"], momentum=cfg.momentum, nesterov=True, weight_decay=p["weight_decay"])
     steps_per_epoch = math.ceil(len(train) / p["batch_size"])
     total = p["epochs"] * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
     gen = torch.Generator().manual_seed(cfg.seed)
     out = Path(cfg.out)
     if out.suffix != ".safetensors":
@@ -111,10 +149,6 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
         start_epoch = int(state["epoch"])
-    x_all, y_all = train.tensors()
-    from ..contracts import check_images
-
-    check_images(x_all, name=f"{cfg.dataset} train images")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = time.time()
     model.train()
@@ -127,11 +161,10 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
             idx = perm[i * p["batch_size"]:(i + 1) * p["batch_size"]]
             xb = augment_crop_flip(x_all[idx], pad=p["pad"], flip=p["flip"], generator=gen).to(device)
             yb = y_all[idx].to(device)
-            if device.type == "cuda":
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:
                 logits = model(xb)
-                loss = F.cross_entropy(logits, yb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -146,11 +179,17 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     model.eval()
     x_te, y_te = test.tensors()
     acc = accuracy(model, x_te, y_te, device=device)
+    extra = {}
+    if hasattr(model, "flip_tta"):
+        model.flip_tta = not model.flip_tta
+        extra["accuracy_flip_tta" if model.flip_tta else "accuracy_no_flip_tta"] = accuracy(model, x_te, y_te, device=device)
+        model.flip_tta = not model.flip_tta
     model = model.cpu().to(memory_format=torch.contiguous_format)
     model.validate_inputs = True
     meta = save_classifier(
-        model, out, dataset=cfg.dataset, split_evaluated="test", accuracy=acc, n_test=len(y_te),
-        train=dict(**p, seed=cfg.seed, train_subset=cfg.train_subset, seconds=round(time.time() - t0, 1),
+        model, out, dataset=cfg.dataset, split_evaluated="test", accuracy=acc, n_test=len(y_te), **extra,
+        train=dict(**p, seed=cfg.seed, label_smoothing=cfg.label_smoothing, schedule=cfg.schedule,
+                   warmup=cfg.warmup, momentum=cfg.momentum, train_subset=cfg.train_subset, seconds=round(time.time() - t0, 1),
                    device=str(device), resumed_from_epoch=start_epoch),
         command="advpure " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("advpure") else " ".join(sys.argv),
     )
@@ -169,6 +208,12 @@ def register(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of this many images")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy (default 0)")
+    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine", help="learning-rate schedule (default cosine)")
+    p.add_argument("--warmup", type=float, default=0.2, help="one-cycle warm-up fraction (default 0.2)")
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default 0.9)")
+    p.add_argument("--pad", type=int, default=None, help="random-crop padding in pixels (default per dataset: 4 on CIFAR-10)")
+    p.add_argument("--arch-kwargs", default=None, help="architecture options as key=value,... (e.g. head_scale=0.111)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
     p.set_defaults(func=_main)
@@ -177,7 +222,10 @@ def register(train_sub: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     cfg = ClassifierTrainConfig(dataset=args.dataset, arch=args.arch, data_dir=args.data_dir, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                                device=args.device, train_subset=args.train_subset, out=args.out)
+                                device=args.device, train_subset=args.train_subset, out=args.out,
+                                label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
+                                momentum=args.momentum, pad=args.pad,
+                                arch_kwargs=parse_spec("arch:" + args.arch_kwargs)[1] if args.arch_kwargs else None)
     _, meta = train_classifier(cfg)
     print(f"saved {args.out}: {meta['arch']} on {meta['dataset']}, test accuracy {meta['accuracy']:.4f} "
           f"({meta['n_test']} images), {meta['train']['seconds']} s")
