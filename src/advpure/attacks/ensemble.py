@@ -17,7 +17,8 @@ demo), cheapest first:
   Kim 2023), on the deterministic DDIM reverse process with 5 steps, and on the same SDE with 5 steps;
 - BPDA-EOT (real forward, identity backward; Athalye et al. 2018);
 - APGD-CE-EOT and PGD-EOT with full gradients through the defense (checkpointed);
-- the method-specific attack when the defense has one (CMAP: the consistency-disruption attack).
+- the method-specific attacks when the defense has them (CMAP: the consistency-disruption attack; DAD: the
+  authors' adaptive attack and the detector-aware attack), :func:`method_specific_attacks`.
 
 The report lists, per image, which attack broke it (``last_broken_by``).
 """
@@ -213,12 +214,28 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
         attacks.append(("apgd-ce", APGD(norm=norm, eps=eps, steps=full_steps, eot=full_eot, loss="ce",
                                         grad_checkpoint=ck)))
         attacks.append(("pgd", PGD(**pgd(full_steps, full_eot), grad_checkpoint=ck)))
-    specific = getattr(defense, "standard_attack", None)
-    if callable(specific) and not lite:
-        extra = specific(classifier=classifier, eps=eps, norm=norm)
-        if extra is not None:
-            attacks.append(extra)
+    if not lite:
+        attacks += method_specific_attacks(defense, eps=eps, norm=norm, steps=steps)
     return Ensemble(attacks, select_draws=select_draws, label=f"{level}")
+
+
+def method_specific_attacks(defense: nn.Module | None, *, eps: float, norm: str, steps: int) -> list[tuple[str, Attack]]:
+    """The attacks designed against one method: CMAP's consistency-disruption attack (Zhang et al.); for DAD the
+    authors' adaptive attack (CE + MMD through the denoiser) and the detector-aware attack that stays under the
+    detection threshold."""
+    from ..defenses.cmap import CMAP
+    from ..defenses.dad import DAD
+
+    if isinstance(defense, CMAP) and norm == "linf":
+        from .cmap_attack import ConsistencyDisruption
+
+        return [("cmap-disruption", ConsistencyDisruption(eps=eps, norm=norm, steps=steps))]
+    if isinstance(defense, DAD):
+        from .detector_aware import DADPathPGD, DetectorAwarePGD
+
+        return [("dad-adaptive", DADPathPGD(eps=eps, norm=norm, steps=steps, mmd_weight=1.0)),
+                ("detector-aware", DetectorAwarePGD(eps=eps, norm=norm, steps=steps))]
+    return []
 
 
 def _is_identity(defense: nn.Module) -> bool:

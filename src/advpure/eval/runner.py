@@ -263,8 +263,16 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         else:
             m = min(sanity_n, n)
             xs, ys = sub.batch(list(range(m)))
+            # the main run already attacked these images (seed 0): its per-image scores are the checks' base run
+            by_index = {}
+            for r in records:
+                if r["seed"] == seeds[0]:
+                    rob = torch.tensor(r["robust"], dtype=torch.float).mean(0)
+                    for j, i in enumerate(r["indices"]):
+                        by_index[i] = float(rob[j])
+            base_scores = [by_index[i] for i in range(m)] if all(i in by_index for i in range(m)) else None
             sanity_rows = run_sanity_checks(model, att, xs.to(dev), ys.to(dev), draws=draws,
-                                            square_queries=sanity_queries,
+                                            square_queries=sanity_queries, base_scores=base_scores,
                                             reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
             jr.append({"type": "sanity", "rows": sanity_rows})
     convergence_rec: dict | None = None

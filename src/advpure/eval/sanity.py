@@ -89,8 +89,12 @@ def check_gradients(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.
 
 def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1,
                       large_eps: float | None = None, large_eps_max_acc: float = 0.1, square_queries: int = 200,
-                      reseed: Callable[[int], None] | None = None) -> list[dict]:
-    """Run the five checks on (x, y); ``reseed(i)`` is called before each attack run for reproducibility."""
+                      reseed: Callable[[int], None] | None = None,
+                      base_scores: Sequence[float] | None = None) -> list[dict]:
+    """Run the five checks on (x, y); ``reseed(i)`` is called before each attack run for reproducibility.
+
+    ``base_scores``: per image, the share of draws classifying the attack's output correctly, when the caller has
+    already attacked these images (the runner passes its own results), so the base attack is not run twice."""
     n = x.shape[0]
     if n < MIN_SANITY_N:
         raise ValueError(f"sanity checks: need at least {MIN_SANITY_N} images to be able to fail, got {n} "
@@ -103,7 +107,12 @@ def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torc
         xa = att(model, x, y)
         return correct_draws(model, xa, y, draws).float().mean(0).tolist()
 
-    base_s = scores(attack, 1)
+    if base_scores is not None:
+        if len(base_scores) != n:
+            raise ValueError(f"base_scores: expected {n} values, got {len(base_scores)}")
+        base_s = [float(v) for v in base_scores]
+    else:
+        base_s = scores(attack, 1)
     base = sum(base_s) / n
     # 3. large epsilon
     if attack.eps == float("inf"):

@@ -1,0 +1,90 @@
+"""The standard attack lists per defense family, the surrogate processes they use, and an end-to-end
+``--attack standard`` run through the evaluation runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from advpure.attacks import Ensemble, standard_attacks
+from advpure.defenses.diffpure import DiffPure
+from advpure.defenses.ssni import SSNI
+from advpure.detect.eps import EPSReference, eps_norm
+from advpure.diffusion.models import GaussianScoreModel
+from advpure.diffusion.schedule import VPSchedule
+from advpure.models import build_classifier
+
+ZOO = Path(__file__).resolve().parents[2] / "zoo"
+
+
+def _gauss(shape=(1, 8, 8)):
+    sched = VPSchedule()
+    return GaussianScoreModel(torch.full(shape, 0.2), torch.full(shape, 0.05), sched), sched
+
+
+def _names(ens: Ensemble) -> list[str]:
+    return [n for n, _ in ens.attacks]
+
+
+def test_standard_list_for_diffusion_purifiers_is_cheapest_first():
+    model, sched = _gauss()
+    clf = build_classifier("small-cnn").eval()
+    dp = DiffPure(model, t=0.1, n_steps=10, schedule=sched, freeze=False)
+    ens = standard_attacks(classifier=clf, defense=dp, eps=0.2)
+    assert _names(ens) == ["surrogate-one-step", "surrogate-ddim-5", "surrogate-sde-5", "bpda", "apgd-ce", "pgd"]
+    assert _names(standard_attacks(classifier=clf, defense=dp, eps=0.2, level="lite")) == ["surrogate-one-step", "bpda"]
+    clean = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    ref = EPSReference.from_norms(eps_norm(model, clean, schedule=sched, generator=torch.Generator().manual_seed(1)),
+                                  t_levels=[k / 1000 for k in range(1, 21)], checkpoint_sha256=None)
+    ssni = SSNI(dp, reference=ref, mode="N")
+    assert _names(standard_attacks(classifier=clf, defense=ssni, eps=0.2))[:3] == _names(ens)[:3]
+    # an undefended classifier gets the full-gradient attacks only
+    assert _names(standard_attacks(classifier=clf, defense=None, eps=0.2)) == ["apgd-ce", "pgd"]
+    with pytest.raises(ValueError, match="attack level"):
+        standard_attacks(classifier=clf, defense=dp, eps=0.2, level="heavy")
+
+
+def test_one_step_surrogate_is_tweedies_estimate():
+    """DDIM with one step from t* to 0 is x0 = (x_t - std(t*) eps(x_t, t*)) / alpha(t*) (Song et al. 2021, Eq. 12
+    with alpha_0 = 1, sigma_0 = 0), written out here from the schedule's alpha and std."""
+    model, sched = _gauss()
+    dp = DiffPure(model, t=0.1, n_steps=10, schedule=sched, freeze=False).with_sampler("ddim", 1)
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = dp.purify(x, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    t = torch.full((4,), 0.1)
+    a, s = sched.alpha(t).view(-1, 1, 1, 1), sched.std(t).view(-1, 1, 1, 1)
+    x_t = a * (2 * x - 1) + s * noise
+    x0 = (x_t - s * model(x_t, t)) / a
+    torch.testing.assert_close(got, ((x0 + 1) / 2).clamp(0, 1), rtol=1e-5, atol=1e-6)
+    assert dp.nfe == 1 and dp.describe()["solver"].startswith("deterministic DDIM")
+    with pytest.raises(ValueError, match="sampler"):
+        DiffPure(model, t=0.1, schedule=sched, freeze=False).with_sampler("heun", 2)
+
+
+@pytest.mark.skipif(not (ZOO / "digits-cm.safetensors").is_file(), reason="zoo CMAP model missing")
+def test_method_specific_attacks_join_the_standard_list():
+    from advpure.defenses.cmap import load_cmap
+
+    clf = build_classifier("small-cnn").eval()
+    cmap = load_cmap(dataset="digits", iterations=2)
+    assert _names(standard_attacks(classifier=clf, defense=cmap, eps=0.2))[-1] == "cmap-disruption"
+
+
+def test_standard_run_reports_which_attack_broke_each_image(digits_classifier):
+    from advpure.eval.runner import format_markdown, run_eval
+
+    ddpm = ZOO / "digits-ddpm.safetensors"
+    if not ddpm.is_file():
+        pytest.skip("zoo digits DDPM missing")
+    res = run_eval(dataset="digits", classifier=digits_classifier, defense=f"diffpure:model={ddpm},t=0.1,steps=2",
+                   attack="standard:eps=0.2,steps=2,eot=1,full_steps=1,select_draws=2", n=8, batch_size=8,
+                   eval_draws=3, sanity=False, progress=False)
+    names = {"surrogate-one-step", "surrogate-ddim-5", "surrogate-sde-5", "bpda", "apgd-ce", "pgd", "survived"}
+    assert set(res["broken_by"]) <= names and sum(res["broken_by"].values()) == 8
+    assert res["protocol"]["early_stop_applied"] is False
+    assert res["perturbation"]["max_linf"] <= 0.2 + 1e-6
+    assert res["robust_accuracy_ci95"]["n"] == 8 and res["worst_case_draws"] == 3
+    assert "worst case over 3 draws" in format_markdown(res)
