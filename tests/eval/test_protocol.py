@@ -158,3 +158,20 @@ def test_sanity_refuses_subsets_too_small_to_fail(digits_classifier):
     with pytest.raises(ValueError, match="at least 8"):
         run_eval(dataset="digits", classifier=digits_classifier, attack="pgd:eps=0.2,steps=2", n=4, sanity_n=4,
                  progress=False)
+
+
+def test_convergence_curve_doubles_until_flat():
+    from advpure.eval.sanity import convergence_curve
+
+    torch.manual_seed(0)
+    model = NoisyMeanModel(seed=2)
+    x, y = _data(32)
+    # 1 step of 0.02 moves the mean to 0.53 only; doubling keeps lowering accuracy until the ball's edge (0.35)
+    att = PGD(eps=0.2, steps=1, step_size=0.05, eot=1, seed=0)
+    res = convergence_curve(model, att, x, y, draws=50, max_factor=16)
+    acc = [p["robust"] for p in res["curve"]]
+    assert acc[0] > acc[-1] + 0.3 and res["converged"], res
+    assert [p["factor"] for p in res["curve"]][:3] == [1, 2, 4]
+    # a budget that stops before the plateau is reported as not converged
+    short = convergence_curve(model, PGD(eps=0.2, steps=1, step_size=0.01, eot=1, seed=0), x, y, draws=50, max_factor=2)
+    assert not short["converged"] and len(short["curve"]) == 2

@@ -54,8 +54,10 @@ def register(subparsers) -> None:
     p.add_argument("--no-early-stop", action="store_true", help="return the last iterate instead of the first successful one")
     p.add_argument("--no-sanity", action="store_true", help="skip the gradient-masking checks")
     p.add_argument("--sanity-n", type=int, default=32, help="samples used by the sanity checks (default 32, at least 8)")
-    p.add_argument("--convergence", action="store_true", help="also run the attack at 2x and 4x steps (and EOT) on the "
-                                                              "sanity subset and report whether it converged")
+    p.add_argument("--convergence", action="store_true", help="on the sanity subset, double the attack's steps (and EOT) "
+                                                              "until robust accuracy is flat within its 95%% interval "
+                                                              "(at most --convergence-max-factor x) and report it")
+    p.add_argument("--convergence-max-factor", type=int, default=8, help="largest steps/EOT multiple tried (default 8)")
     p.add_argument("--sanity-queries", type=int, default=200, help="Square queries in the black-box check")
     p.add_argument("--votes", type=int, default=0, help="majority vote over K purifications (0 = none; "
                                                         "for cmap, >= 1 votes over its K latents)")
@@ -114,6 +116,7 @@ def _handler(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, out=args.out, journal=args.journal, device=args.device,
         eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
         sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, convergence=args.convergence,
+        convergence_max_factor=args.convergence_max_factor,
         surrogate_defense=args.surrogate_defense,
         surrogate_classifier=args.surrogate_classifier, votes=args.votes, progress=not args.no_progress,
     )

@@ -101,6 +101,18 @@ def _wrap(clf: nn.Module, defense: nn.Module | None, votes: int) -> nn.Module:
     return MajorityVote(clf, defense, k=votes)
 
 
+def _seed0_scores(records: list[dict], seed: int, m: int) -> list[float] | None:
+    """Per image 0..m-1 of the subset, the share of evaluation draws that classified the main run's adversarial
+    example correctly under ``seed``; None when the records do not cover them."""
+    by_index = {}
+    for r in records:
+        if r["seed"] == seed and "robust" in r:
+            rob = torch.tensor(r["robust"], dtype=torch.float).mean(0)
+            for j, i in enumerate(r["indices"]):
+                by_index[i] = float(rob[j])
+    return [by_index[i] for i in range(m)] if all(i in by_index for i in range(m)) else None
+
+
 def _dist_info() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
@@ -131,7 +143,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
              data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
              journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 20,
              early_stop: bool = True, sanity: bool = True, sanity_n: int = 32, sanity_queries: int = 200,
-             convergence: bool = False, convergence_factors: Sequence[int] = (1, 2, 4),
+             convergence: bool = False, convergence_max_factor: int = 8,
              surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
              votes: int = 0, progress: bool = True) -> dict:
     """Evaluate and return the result record (also written to ``out`` as JSON when given).
@@ -141,8 +153,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only). ``eval_draws`` fresh draws of a
     stochastic defense in the final evaluation; ``early_stop``: evaluate-while-optimising (applied unless the
     attack spec sets ``early_stop`` itself). ``sanity``: gradient-masking checks on ``sanity_n`` samples.
-    ``convergence``: also run the attack at ``convergence_factors`` x (steps, EOT) on the sanity subset and say
-    whether robust accuracy is flat within its 95% interval (:func:`advpure.eval.sanity.convergence_curve`).
+    ``convergence``: on the sanity subset, double the attack's steps (and EOT) until robust accuracy is flat within
+    its 95% interval, at most ``convergence_max_factor`` x (:func:`advpure.eval.sanity.convergence_curve`).
     ``votes``: 0 = classify one purification; K >= 2 = majority vote over K purifications
     (:class:`~advpure.defenses.voting.MajorityVote`); for a CMAP defense any ``votes >= 1`` votes over its own
     K latents (:class:`~advpure.defenses.cmap.CMAPClassifier`). Voting models are evaluated as the voted prediction.
@@ -264,13 +276,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
             m = min(sanity_n, n)
             xs, ys = sub.batch(list(range(m)))
             # the main run already attacked these images (seed 0): its per-image scores are the checks' base run
-            by_index = {}
-            for r in records:
-                if r["seed"] == seeds[0]:
-                    rob = torch.tensor(r["robust"], dtype=torch.float).mean(0)
-                    for j, i in enumerate(r["indices"]):
-                        by_index[i] = float(rob[j])
-            base_scores = [by_index[i] for i in range(m)] if all(i in by_index for i in range(m)) else None
+            base_scores = _seed0_scores(records, seeds[0], m)
             sanity_rows = run_sanity_checks(model, att, xs.to(dev), ys.to(dev), draws=draws,
                                             square_queries=sanity_queries, base_scores=base_scores,
                                             reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
@@ -286,7 +292,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
             m = min(sanity_n, n)
             xs, ys = sub.batch(list(range(m)))
             convergence_rec = convergence_curve(
-                model, att, xs.to(dev), ys.to(dev), draws=draws, factors=convergence_factors,
+                model, att, xs.to(dev), ys.to(dev), draws=draws, max_factor=convergence_max_factor,
+                base_scores=_seed0_scores(records, seeds[0], m),
                 reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
             jr.append({"type": "convergence", "result": convergence_rec})
     result = _assemble(config, key, records, seeds, n, model, att, protocol, sanity_rows, dev, world)

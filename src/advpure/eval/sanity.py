@@ -19,7 +19,7 @@ Comparisons are paired per image (the same images under both attacks; per image 
 it correctly), so that a difference counts when the images that changed outnumber chance (for a deterministic
 model this is McNemar's test), instead of a fixed tolerance. The default subset is 32 images
 (:func:`advpure.eval.runner.run_eval`'s ``sanity_n``); a smaller subset is refused below 8 images.
-:func:`convergence_curve` runs the attack at growing steps x EOT and says whether robust accuracy is flat.
+:func:`convergence_curve` doubles steps x EOT until robust accuracy is flat within its 95% interval.
 """
 
 from __future__ import annotations
@@ -171,34 +171,48 @@ def run_sanity_checks(model: nn.Module, attack: Attack, x: torch.Tensor, y: torc
 
 
 def convergence_curve(model: nn.Module, attack: Attack, x: torch.Tensor, y: torch.Tensor, *, draws: int = 1,
-                      factors: Sequence[int] = (1, 2, 4), reseed: Callable[[int], None] | None = None,
-                      progress: bool = False) -> dict:
-    """Robust accuracy on (x, y) with the attack's steps (and EOT, for a stochastic model) multiplied by each of
-    ``factors``. Converged when the last doubling changes robust accuracy by less than the 95% interval of the
-    paired per-image difference. Returns ``{"curve": [{"factor", "steps", "eot", "robust"}], "converged",
-    "last_change", "half_width"}``."""
+                      max_factor: int = 8, reseed: Callable[[int], None] | None = None,
+                      base_scores: Sequence[float] | None = None, progress: bool = False) -> dict:
+    """Robust accuracy on (x, y) with the attack's steps (and EOT, for a stochastic model) multiplied by 1, 2, 4, ...
+    until one doubling changes it by less than the 95% interval of the paired per-image difference (converged) or
+    the factor would exceed ``max_factor`` (not converged). ``base_scores``: the factor-1 per-image scores when
+    the caller already has them. Returns ``{"curve": [{"factor", "steps", "eot", "robust"}], "converged",
+    "last_change", "half_width", "n"}``."""
     if not hasattr(attack, "steps"):
         raise ValueError(f"convergence: attack {attack.name} has no steps option")
-    fs = sorted({int(f) for f in factors})
-    if len(fs) < 2 or fs[0] < 1:
-        raise ValueError(f"convergence: need at least two factors >= 1, got {list(factors)}")
+    if max_factor < 2:
+        raise ValueError(f"convergence: max_factor must be >= 2, got {max_factor}")
     rs = reseed or (lambda i: None)
-    curve, per_image = [], []
-    for i, f in enumerate(fs):
+
+    def run(f: int, i: int) -> list[float]:
         ch: dict = {"steps": attack.steps * f}
         if is_stochastic(model) and attack.gradient_based:
             ch["eot"] = attack.eot * f
         att = attack.replace(**ch) if f != 1 else attack
         rs(i)
-        xa = att(model, x, y)
-        s = correct_draws(model, xa, y, draws).float().mean(0).tolist()
-        per_image.append(s)
-        curve.append({"factor": f, "steps": ch["steps"], "eot": ch.get("eot", attack.eot), "robust": sum(s) / len(s)})
+        out = correct_draws(model, att(model, x, y), y, draws).float().mean(0).tolist()
+        curve.append({"factor": f, "steps": ch["steps"], "eot": ch.get("eot", attack.eot), "robust": sum(out) / len(out)})
         if progress:
             print(f"convergence: steps x{f}: robust {curve[-1]['robust']:.1%}", flush=True)
-    pd = paired_difference(per_image[-2], per_image[-1])
+        return out
+
+    curve: list[dict] = []
+    prev = [float(v) for v in base_scores] if base_scores is not None else None
+    if prev is not None:
+        curve.append({"factor": 1, "steps": attack.steps, "eot": attack.eot, "robust": sum(prev) / len(prev)})
+    else:
+        prev = run(1, 0)
+    f, i = 2, 1
+    pd = {"diff": 0.0, "half_width": 0.0, "significant": True}
+    while f <= max_factor:
+        cur = run(f, i)
+        pd = paired_difference(prev, cur)
+        prev = cur
+        if not pd["significant"]:
+            break
+        f, i = 2 * f, i + 1
     return {"curve": curve, "converged": not pd["significant"], "last_change": pd["diff"],
-            "half_width": pd["half_width"], "n": len(per_image[-1])}
+            "half_width": pd["half_width"], "n": len(prev)}
 
 
 def any_warning(rows: list[dict]) -> bool:
