@@ -104,12 +104,59 @@ def test_journal_drops_truncated_line(tmp_path):
     p = tmp_path / "j.jsonl"
     j = Journal(p, "k")
     j.append({"type": "batch", "seed": 0, "batch": 0})
+    j.close()
     with open(p, "a") as f:
         f.write('{"key": "k", "type": "batch", "se')
     j2 = Journal(p, "k")
     assert len(j2.records) == 1
     j2.append({"type": "batch", "seed": 0, "batch": 1})
-    assert len(Journal(p, "k").records) == 2 and len(Journal(p, "other").records) == 0
+    j2.close()
+    j3 = Journal(p, "k")
+    assert len(j3.records) == 2
+    j3.close()
+    assert len(Journal(p, "other").records) == 0
+
+
+def test_journal_keeps_every_valid_line_after_garbage(tmp_path, capsys):
+    p = tmp_path / "j.jsonl"
+    lines = [{"key": "k", "type": "batch", "seed": 0, "batch": b} for b in range(4)]
+    text = "\n".join(json.dumps(r) for r in lines[:2]) + "\nthis is not json\n[1, 2]\n" + \
+        "\n".join(json.dumps(r) for r in lines[2:]) + "\n"
+    p.write_text(text)
+    j = Journal(p, "k")
+    assert [r["batch"] for r in j.records] == [0, 1, 2, 3] and j.skipped == 2
+    assert "skipped 2 unreadable line(s)" in capsys.readouterr().err
+
+
+def test_second_writer_is_refused(tmp_path):
+    from advpure.eval.journal import JournalError
+
+    p = tmp_path / "j.jsonl"
+    first = Journal(p, "k")
+    with pytest.raises(JournalError, match="in use by another run"):
+        Journal(p, "k")
+    first.close()
+    Journal(p, "k").close()  # free again once the first run is done
+
+
+def test_stale_journal_names_the_changed_classifier(tmp_path, digits_classifier):
+    """Evaluate, change the classifier's weights (a retrained model in the same place), resume the same journal:
+    an error naming the classifier digest, never the old accuracies."""
+    import copy
+
+    from advpure.eval.journal import JournalError
+
+    j = tmp_path / "j.jsonl"
+    kw = dict(dataset="digits", attack="none", n=16, batch_size=16, sanity=False, progress=False, journal=j)
+    first = run_eval(classifier=digits_classifier, **kw)
+    assert first["clean_accuracy"]["mean"] > 0.9
+    assert run_eval(classifier=digits_classifier, **kw)["clean_accuracy"] == first["clean_accuracy"]  # same: resumes
+    other = copy.deepcopy(digits_classifier)
+    with torch.no_grad():
+        for prm in other.parameters():
+            prm.mul_(0.0)
+    with pytest.raises(JournalError, match="classifier changed"):
+        run_eval(classifier=other, **kw)
 
 
 def _inprocess(clf_path, *, n=60, batch=10, steps=5, seeds=(0, 1)):

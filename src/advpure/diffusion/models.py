@@ -183,11 +183,34 @@ def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] 
     """Load a diffusion model as an ``eps_model(x, t)`` plus metadata.
 
     ``path``: our ``.safetensors`` checkpoint with its JSON sidecar (records ``unet_config``, ``dataset``,
-    ``t_max``, ``sha256``), its stem without suffix, or a diffusers folder. ``image_shape`` (C, H, W)
+    ``t_max``, ``sha256``), its stem without suffix, a diffusers folder, or a published checkpoint as
+    ``score_sde:PATH/checkpoint_8.pth`` (:mod:`advpure.diffusion.score_sde`) or
+    ``guided_diffusion:PATH/256x256_diffusion_uncond.pt`` (:mod:`advpure.diffusion.adm`), with the released
+    configuration, or another one from a JSON file: ``score_sde:PATH@config.json``. ``image_shape`` (C, H, W)
     must match what the model was trained on.
     """
     from ..checkpoint import load_into, load_state_dict, read_sidecar
 
+    kind, sep, rest = str(path).partition(":")
+    if sep and kind in ("score_sde", "guided_diffusion"):
+        # the papers' published networks in their own on-disk layouts (score_sde checkpoint_8.pth with its EMA
+        # weights; guided-diffusion 256x256_diffusion_uncond.pt), built with the released configurations
+        if kind == "score_sde":
+            from .score_sde import load_score_sde_denoiser as load_published
+        else:
+            from .adm import load_adm_denoiser as load_published
+        ckpt, at, cfg_path = rest.partition("@")
+        config = None
+        if at:
+            import json
+
+            cfg_file = Path(cfg_path).expanduser()
+            if not cfg_file.is_file():
+                raise FileNotFoundError(f"{kind} config {cfg_file} does not exist (spec {path!r})")
+            config = json.loads(cfg_file.read_text())
+        net, meta = load_published(Path(ckpt).expanduser(), config)
+        _check_shape(tuple(net.image_shape), image_shape, ckpt)
+        return net, meta
     p = Path(path).expanduser()
     if p.is_dir():
         net = load_unet(p, image_shape=image_shape)

@@ -28,7 +28,7 @@ from .. import __version__
 from ..attacks.base import Attack, is_stochastic
 from ..contracts import check_int
 from ..specs import SpecContext, build
-from .journal import Journal, args_key
+from .journal import Journal, args_key, content_digest, strict_json, tensor_digest
 from .metrics import interval95, mean_std, merge_perturbation_stats, perturbation_stats, success_rate
 from .protocol import Protocol, correct_draws, summarize
 from .sanity import BLOCKING, WARN, run_sanity_checks
@@ -99,6 +99,23 @@ def _wrap(clf: nn.Module, defense: nn.Module | None, votes: int) -> nn.Module:
     from ..defenses.voting import MajorityVote
 
     return MajorityVote(clf, defense, k=votes)
+
+
+def run_identity(config: dict, *, clf: nn.Module, defense: nn.Module | None, attack: Any, sub: Any,
+                 seeds: Sequence[int]) -> dict:
+    """What produced a run's numbers, as digests (the journal's header and the report's ``identity``): the classifier's
+    and the defense's weights as they are in memory, the data subset's indices and pixels, the attack (its
+    configuration and any networks it holds, e.g. a surrogate), seeds, protocol and code version."""
+    x, y = sub.tensors()
+    data = tensor_digest(x)[:16] + tensor_digest(y)[:16]
+    att_nets = sorted(filter(None, (content_digest(v) for v in vars(attack).values()
+                                     if isinstance(v, nn.Module)))) if attack is not None else []
+    return {"classifier": content_digest(clf), "defense": content_digest(defense), "data": data,
+            "indices": args_key({"i": sub.meta.get("indices")}), "attack": args_key({"a": config["attack"],
+                                                                                   "p": config["attack_params"],
+                                                                                   "nets": att_nets}),
+            "defense_spec": args_key({"d": config["defense"]}), "seeds": ",".join(map(str, seeds)),
+            "protocol": args_key(config["protocol"]), "code": __version__}
 
 
 def _seed0_scores(records: list[dict], seed: int, m: int) -> list[float] | None:
@@ -210,12 +227,13 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         "protocol": {**protocol.describe(), "votes": votes}, "surrogate_defense": surrogate_defense,
         "surrogate_classifier": str(surrogate_classifier) if surrogate_classifier is not None else None,
     }
-    key = args_key(config)
+    identity = run_identity(config, clf=clf, defense=defense_mod, attack=att, sub=sub, seeds=seeds)
+    key = args_key({**config, "identity": identity})
     rank, world = _dist_info()
     jpath = None
     if journal is not None:
         jpath = Path(journal) if world == 1 else Path(f"{journal}.rank{rank}of{world}")
-    jr = Journal(jpath, key)
+    jr = Journal(jpath, key, identity)
 
     n_batches = (n + batch_size - 1) // batch_size
     tasks = [(s, b) for s in seeds for b in range(n_batches)]
@@ -296,7 +314,9 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
                 base_scores=_seed0_scores(records, seeds[0], m),
                 reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
             jr.append({"type": "convergence", "result": convergence_rec})
+    jr.close()
     result = _assemble(config, key, records, seeds, n, model, att, protocol, sanity_rows, dev, world)
+    result["identity"] = identity
     if convergence_rec is not None:
         result["convergence"] = convergence_rec
     if world > 1:
@@ -307,7 +327,7 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         result = obj[0]
     if out is not None and rank == 0:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2, sort_keys=False))
+        Path(out).write_text(json.dumps(strict_json(result), indent=2, sort_keys=False, allow_nan=False))
     return result
 
 
