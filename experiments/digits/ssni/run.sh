@@ -3,14 +3,18 @@
 # DDIM-5 and SDE-5 surrogates, BPDA-EOT, full-gradient APGD-CE-EOT and PGD-EOT), l_inf 0.2, 32 test images x seeds
 # 0,1,2, 20 fresh evaluation draws, sanity checks on 32 images (their more-iterations check, 2x steps and 2x EOT,
 # is the convergence evidence). Writes reports/digits/ssni/<row>.{json,md}; resumable (journals in runs/).
-# usage: experiments/digits/ssni/run.sh [ROW...]   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref
+# Rows ending in -strong use the ensemble's default strength (steps 50, EOT 8, full-gradient steps 20) without the
+# sanity checks (time); the others use steps 20, EOT 4, full-gradient steps 10 with the sanity checks.
+# usage: experiments/digits/ssni/run.sh [ROW...]
+#   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, and diffpure-strong ssni-n-strong ssni-l-strong
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
 mkdir -p "$OUT" runs/digits-ssni
 A="standard:eps=0.2,steps=20,eot=4,full_steps=10"
-common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --attack "$A" --n 32 --batch-size 32
-        --seeds 0,1,2 --sanity-n 32 --sanity-queries 200 --no-progress)
+A_STRONG="standard:eps=0.2"
+common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size 32 --seeds 0,1,2
+        --no-progress)
 D="t=0.1,steps=20,checkpoint=true"
 declare -A SPEC=(
   [diffpure]="diffpure:$D"
@@ -19,13 +23,20 @@ declare -A SPEC=(
   [ssni-l]="ssni:$D,mode=L"
   [ssni-l-diff]="ssni:$D,mode=L,differentiable=true"
   [ssni-l-ref]="ssni:$D,mode=L-ref"
+  [diffpure-strong]="diffpure:$D"
+  [ssni-n-strong]="ssni:$D,mode=N"
+  [ssni-l-strong]="ssni:$D,mode=L"
 )
 rows=("$@")
 [ ${#rows[@]} -eq 0 ] && rows=(diffpure ssni-n ssni-l)
 for row in "${rows[@]}"; do
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${common[@]}" --defense "$spec" \
+  case $row in
+    *-strong) extra=(--attack "$A_STRONG" --no-sanity) ;;
+    *) extra=(--attack "$A" --sanity-n 32 --sanity-queries 200) ;;
+  esac
+  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${common[@]}" "${extra[@]}" --defense "$spec" \
     --out "$OUT/$row.json" --journal "runs/digits-ssni/$row.jsonl" > "$OUT/$row.md"
 done
 echo "done $(date +%T)"
