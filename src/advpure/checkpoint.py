@@ -38,7 +38,57 @@ def read_sidecar(path: str | os.PathLike) -> dict:
     sc = sidecar_path(path)
     if not sc.is_file():
         raise FileNotFoundError(f"{path}: no JSON sidecar at {sc} (it records the architecture and sha256)")
-    return json.loads(sc.read_text())
+    try:
+        meta = json.loads(sc.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ValueError(f"{sc}: the sidecar is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{sc}: the sidecar is not a JSON object")
+    return meta
+
+
+def _weights_only_reason(msg: str) -> str:
+    """What torch's weights-only unpickler refused, without its advice to retry with ``weights_only=False``
+    (running a pickle's code is exactly what advpure never does)."""
+    _, sep, rest = msg.partition("WeightsUnpickler error:")
+    text = rest if sep else msg
+    text = text.split("Check the documentation of torch.load")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    return " ".join(lines)[:300] or "objects other than tensors"
+
+
+def torch_load_weights(path: str | os.PathLike, *, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file: a pickle holding code or objects
+    other than tensors is refused (never retried unsafely); a truncated or corrupt file says so."""
+    import pickle
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Weights only load failed" in msg or "WeightsUnpickler" in msg:
+            raise ValueError(f"{path}: refused: the pickle holds more than tensors ({_weights_only_reason(msg)}); "
+                             "advpure reads pickle checkpoints only with torch.load(weights_only=True). Convert the "
+                             "file to safetensors where you trust its origin") from None
+        first = msg.splitlines()[0] if msg else "unpickling failed"
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt: {first})") from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # torch raises RuntimeError (zip), EOFError, KeyError, ... on damaged files
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise ValueError(f"{path}: not a readable torch checkpoint (truncated or corrupt: "
+                         f"{type(e).__name__}{': ' + first if first else ''})") from None
+
+
+def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` with an error naming the file when it is truncated or not safetensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as e:
+        raise ValueError(f"{path}: not a readable safetensors file (truncated or corrupt: {e})") from None
 
 
 def verify_sha256(path: str | os.PathLike, expected: str | None) -> str:
@@ -83,14 +133,12 @@ def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     verify_sha256(path, sha256)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd: Any = load_file(str(path))
+        sd: Any = load_safetensors(path)
     elif path.suffix in PICKLE_SUFFIXES:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
+        sd = torch_load_weights(path)
     else:
         raise ValueError(f"{path}: unknown checkpoint type {path.suffix!r}; expected .safetensors or one of {PICKLE_SUFFIXES}")
-    for key in ("state_dict", "model", "net", "ema"):
+    for key in ("state_dict", "model_state_dict", "model", "net", "ema"):
         if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
             sd = sd[key]
             break

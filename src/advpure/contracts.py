@@ -109,6 +109,20 @@ def parse_fraction(s: str) -> float:
     return float(a) / float(b) if sep else float(s)
 
 
+def linf_budget(s: str) -> float:
+    """argparse type of an l_inf budget: ``0.03`` or ``8/255``, in [0, 1] (images are float in [0, 1])."""
+    import argparse
+
+    try:
+        v = parse_fraction(s)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a number like 0.03 or 8/255, got {s!r}") from None
+    if not math.isfinite(v) or not 0 <= v <= 1:
+        hint = f" (did you mean {s}/255?)" if math.isfinite(v) and v > 1 else ""
+        raise argparse.ArgumentTypeError(f"an l_inf budget for images in [0, 1] must lie in [0, 1], got {s}{hint}")
+    return v
+
+
 def check_int(value: int, name: str, *, minimum: int = 1) -> int:
     """An integer >= ``minimum``, else a ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
@@ -116,3 +130,24 @@ def check_int(value: int, name: str, *, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
     return value
+
+
+def check_device(name: "str | torch.device", option: str = "--device") -> torch.device:
+    """A device this torch build can use (``cpu``, ``cuda``, ``cuda:N``, ``mps``), else a ValueError naming
+    ``option`` and the value: an unknown name (``gpu0``) or CUDA asked of a CPU-only build."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{option} {name!r}: not a device; expected cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ValueError(f"{option} {name}: {why} (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError(f"{option} {name}: MPS is not available here; use --device cpu")
+    elif dev.type != "cpu":
+        raise ValueError(f"{option} {name}: device type {dev.type!r} is not supported; expected cpu, cuda or mps")
+    return dev

@@ -16,7 +16,8 @@ import json
 import time
 from pathlib import Path
 
-from .paths import cache_dir
+from . import threads
+from .paths import cache_dir, check_writable
 
 REPO = Path(__file__).resolve().parents[2]
 ZOO = REPO / "zoo"
@@ -194,10 +195,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=5, help="PGD steps per attack (detector-aware attacks: 4x)")
     p.add_argument("--eot", type=int, default=2, help="EOT samples for stochastic defenses")
     p.add_argument("--no-progress", action="store_true")
+    threads.add_argument(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out", "dir")
     res = run_demo(Path(args.out), n=args.n, steps=args.steps, eot=args.eot, sanity_n=args.sanity_n,
                    progress=not args.no_progress)
     print(res["table"])

@@ -38,3 +38,70 @@ def shared_dir() -> Path | None:
         if cand.is_dir():
             return cand
     return None
+
+
+class OutputPathError(ValueError):
+    """An output path that cannot be written (raised before any work starts)."""
+
+
+def _nearest_existing(p: Path) -> Path:
+    for a in (p, *p.parents):
+        if os.path.lexists(a):
+            return a
+    return Path(".")
+
+
+def _probe_dir(d: Path) -> str | None:
+    """None when a file can be created in the existing folder ``d``, else why not (nothing is left behind)."""
+    import tempfile
+
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"{d} is not writable"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".advpure-write-check-", dir=d)
+    except OSError as e:
+        return f"cannot write in {d} ({e.strerror or e})"
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
+def check_writable(path: str | os.PathLike, option: str = "--out", kind: str = "file", *,
+                   suffix: str | None = None) -> Path:
+    """Fail before compute: check that ``path`` can be written as a file (``kind="file"``) or as a folder to write
+    files into (``kind="dir"``), creating nothing. Missing parent folders are fine when the nearest existing one is a
+    writable folder (they are created when the output is written). Raises :class:`OutputPathError` (a
+    ``ValueError``) naming ``option`` and the path: a read-only folder, a directory where a file is expected (or a
+    file where a folder is), a parent that is a file, a file name without the required ``suffix``. Returns the
+    path."""
+    if kind not in ("file", "dir"):
+        raise ValueError(f"check_writable: kind must be 'file' or 'dir', got {kind!r}")
+    if path is None or str(path) == "":
+        raise OutputPathError(f"{option}: empty path")
+    p = Path(path).expanduser()
+
+    def fail(why: str) -> OutputPathError:
+        return OutputPathError(f"{option} {path}: {why}")
+
+    if suffix is not None and kind == "file" and p.suffix != suffix:
+        raise fail(f"expected a {suffix} file name")
+
+    if p.exists():
+        if kind == "file":
+            if p.is_dir():
+                raise fail("is a directory; expected a file path")
+            if not os.access(p, os.W_OK):
+                raise fail("the file exists and is not writable")
+            why = _probe_dir(p.resolve().parent)
+        else:
+            if not p.is_dir():
+                raise fail("exists and is not a directory; expected an output folder")
+            why = _probe_dir(p)
+    else:
+        anc = _nearest_existing(p.parent if kind == "file" else p)
+        if not anc.is_dir():
+            raise fail(f"cannot create it: {anc} is not a directory")
+        why = _probe_dir(anc)
+    if why:
+        raise fail(why)
+    return p

@@ -71,7 +71,12 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             if "=" not in item:
                 raise ValueError(f"spec {spec!r}: parameter {item!r} is not key=value")
             k, _, v = item.partition("=")
-            params[k.strip().replace("-", "_")] = _parse_value(v)
+            key = k.strip().replace("-", "_")
+            if not key:
+                raise ValueError(f"spec {spec!r}: parameter {item!r} has no name (expected key=value)")
+            if key in params:
+                raise ValueError(f"spec {spec!r}: parameter {key!r} is given twice")
+            params[key] = _parse_value(v)
     return name.strip(), params
 
 
@@ -104,12 +109,34 @@ def build(kind: str, spec: str, ctx: SpecContext | None = None) -> Any:
         obj = table[name](ctx or SpecContext(), **params)
     except TypeError as e:
         raise ValueError(f"{kind} spec {spec!r}: {e}") from None
+    if kind == "attack":
+        check_budget(obj, spec, ctx)
     if hasattr(obj, "__dict__"):
         try:
             obj.spec = {"name": name, "params": params}
         except AttributeError:
             pass
     return obj
+
+
+def check_budget(attack: Any, spec: str, ctx: SpecContext | None = None) -> None:
+    """An attack's budget must fit images in [0, 1]: l_inf eps <= 1, l_2 eps <= sqrt(C*H*W) (the diameter of the
+    pixel cube; checked when the image shape is known). A larger one is a typo (``eps=8`` for ``8/255``) that would
+    report a meaningless robust accuracy."""
+    import math
+
+    eps, norm = getattr(attack, "eps", None), getattr(attack, "norm", None)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps):
+        return
+    if norm == "linf" and eps > 1:
+        raise ValueError(f"attack spec {spec!r}: eps={eps:g} exceeds the l_inf budget images in [0, 1] allow "
+                         f"(at most 1; did you mean eps={eps:g}/255?)")
+    shape = ctx.image_shape if ctx is not None else None
+    if norm == "l2" and shape:
+        diameter = math.sqrt(math.prod(shape))
+        if eps > diameter:
+            raise ValueError(f"attack spec {spec!r}: eps={eps:g} exceeds the l_2 diameter of [0, 1] images of shape "
+                             f"{tuple(shape)} ({diameter:.4g})")
 
 
 _PLUGINS = ("advpure.attacks", "advpure.defenses", "advpure.detect")

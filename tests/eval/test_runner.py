@@ -93,7 +93,7 @@ def test_stochastic_protocol_and_eot1_warning(digits_classifier):
 
 def test_bad_arguments(digits_classifier):
     with pytest.raises(ValueError, match="unknown attack"):
-        run_eval(dataset="digits", classifier=digits_classifier, attack="nope", n=4, progress=False)
+        run_eval(dataset="digits", classifier=digits_classifier, attack="nope", n=8, progress=False)
     with pytest.raises(ValueError, match="n"):
         run_eval(dataset="digits", classifier=digits_classifier, n=0, progress=False)
     with pytest.raises(FileNotFoundError):

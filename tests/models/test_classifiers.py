@@ -13,8 +13,8 @@ from advpure.models import ARCHS, build_classifier, load_classifier, save_classi
 
 def test_every_arch_maps_images_to_logits():
     for arch in ARCHS:
-        if arch in ("wrn-28-10", "wrn-70-16"):
-            continue  # large; layout checked below without a forward pass
+        if arch in ("wrn-28-10", "wrn-70-16", "dm-wrn-28-10", "resnet50", "wide-resnet50-2"):
+            continue  # large; layouts and forwards in test_paper_formats.py
         kw = {"in_channels": 1, "image_size": 8, "mean": None, "std": None} if arch == "small-cnn" else {}
         m = build_classifier(arch, **kw).eval()
         x = torch.rand(2, m.in_channels, m.image_size, m.image_size)

@@ -17,7 +17,9 @@ ADV="$C --n 16 --batch-size 16 --seeds 0,1,2 --eval-draws 3"
 ev() {  # name, then eval options
   local name=$1; shift
   echo "== $name $(date +%T)"
-  $A eval "$@" --out $O/$name.json --journal $O/$name.jsonl > $O/$name.md 2>&1; echo "   rc=$? $(date +%T)"
+  # corruptions and certify do not journal (advpure eval refuses --journal with them)
+  local j=(--journal $O/$name.jsonl); case " $* " in *" --threat "*) j=() ;; esac
+  $A eval "$@" --out $O/$name.json "${j[@]}" > $O/$name.md 2>&1; echo "   rc=$? $(date +%T)"
 }
 for job in "$@"; do case $job in
   ref) $A eps reference --dataset cifar10 --data-dir $D --model $M --n 500 --seed 0 ;;

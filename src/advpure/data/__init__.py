@@ -5,7 +5,10 @@
 - ``digits``: scikit-learn's bundled digits (no download, the embedded default);
 - ``cifar10``: from ``data_dir``, else ``$ADVPURE_CIFAR10``, else ``$ADVPURE_DATA/{cifar-10-batches-py,
   cifar-10-python.tar.gz,cifar10,cifar10-jpeg.tar.gz}``; any format of :mod:`advpure.data.folders`;
-- ``folder``: a user's own image-folder tree or archive at ``data_dir`` (``train/<class>/*``, ``test/<class>/*``).
+- ``folder``: a user's own image-folder tree or archive at ``data_dir`` (``train/<class>/*``, ``test/<class>/*``);
+- ``imagenet`` (224x224), ``imagenet256``, ``imagenet64``: an ImageNet-style folder ``val/<wnid>/*.JPEG`` (and
+  ``train/``) at ``data_dir``, else ``$ADVPURE_IMAGENET``, else ``$ADVPURE_DATA/imagenet``, decoded lazily
+  (:mod:`advpure.data.imagenet`; split ``test`` reads ``val/``).
 """
 
 from __future__ import annotations
@@ -17,10 +20,11 @@ from ..paths import data_dir as _env_data_dir
 from .base import ImageSet, subset_indices
 from .digits import load_digits
 from .folders import CIFAR10_CLASSES, load_folder_dataset
+from .imagenet import IMAGENET_VARIANTS, LazyImageSet, load_imagenet
 
-DATASETS = ("digits", "cifar10", "folder")
+DATASETS = ("digits", "cifar10", "folder", *IMAGENET_VARIANTS)
 #: the l_inf budget each dataset is attacked at unless told otherwise (digits: as ``advpure demo``)
-DEFAULT_LINF_EPS = {"digits": 0.2, "cifar10": 8 / 255}
+DEFAULT_LINF_EPS = {"digits": 0.2, "cifar10": 8 / 255, **{name: 4 / 255 for name in IMAGENET_VARIANTS}}
 _CIFAR_CANDIDATES = ("cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar10", "cifar10-jpeg", "cifar10-jpeg.tar.gz")
 
 
@@ -58,7 +62,8 @@ def resolve_cifar10(data_dir: str | os.PathLike | None = None) -> Path:
     )
 
 
-def load_dataset(name: str, split: str = "test", *, data_dir: str | os.PathLike | None = None) -> ImageSet:
+def load_dataset(name: str, split: str = "test", *, data_dir: str | os.PathLike | None = None
+                 ) -> ImageSet | LazyImageSet:
     """Load a dataset by name (see the module docstring)."""
     if name == "digits":
         return load_digits(split)
@@ -69,8 +74,10 @@ def load_dataset(name: str, split: str = "test", *, data_dir: str | os.PathLike 
         if data_dir is None:
             raise FileNotFoundError("folder: pass --data-dir pointing at a tree with train/<class>/* and test/<class>/*")
         return load_folder_dataset(data_dir, split)
+    if name in IMAGENET_VARIANTS:
+        return load_imagenet(data_dir, split, name=name)
     raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-__all__ = ["DEFAULT_LINF_EPS", "ImageSet", "load_dataset", "load_digits", "load_folder_dataset", "subset_indices",
-           "resolve_cifar10", "CIFAR10_CLASSES", "DATASETS"]
+__all__ = ["DEFAULT_LINF_EPS", "IMAGENET_VARIANTS", "ImageSet", "LazyImageSet", "load_dataset", "load_imagenet",
+           "load_digits", "load_folder_dataset", "subset_indices", "resolve_cifar10", "CIFAR10_CLASSES", "DATASETS"]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .. import threads
 from ..checkpoint import sha256_file
 from .eps import DEFAULT_T_LEVELS, EPSReference, compute_reference, eps_norm, reference_path
 
@@ -107,6 +108,10 @@ def observe(*, dataset: str, data_dir: str | None, model: str | None, classifier
 
 def cmd_observe(args: argparse.Namespace) -> int:
     budgets = [float(eval_fraction(b)) for b in args.budgets.split(",")]
+    bad = [b for b in budgets if not 0 <= b <= 1]
+    if bad:
+        raise ValueError(f"--budgets {args.budgets}: l_inf budgets for images in [0, 1] must lie in [0, 1] (got "
+                         f"{', '.join(f'{b:g}' for b in bad)}; 8/255 style fractions are accepted)")
     s = observe(dataset=args.dataset, data_dir=args.data_dir, model=args.model, classifier=args.classifier,
                 budgets=budgets, n=args.n, seed=args.seed, steps=args.steps, out=Path(args.out), t_star=args.t,
                 ref=args.ref)
@@ -139,6 +144,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--batch-size", type=int, default=64)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--out", default=None, help="default: <model>.eps-ref.json")
+    threads.add_argument(r)
     r.set_defaults(func=cmd_reference)
     o = eps_sub.add_parser("observe", help="histogram PNG of ||EPS|| for clean and PGD inputs, and SSNI's t")
     o.add_argument("--dataset", default="digits")
@@ -152,4 +158,5 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--t", type=float, default=0.1, help="t* of the wrapped purifier")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--out", default="eps-observe")
+    threads.add_argument(o)
     o.set_defaults(func=cmd_observe)

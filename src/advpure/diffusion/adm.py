@@ -362,7 +362,9 @@ def load_adm(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *
     if not p.is_file():
         raise FileNotFoundError(f"guided-diffusion checkpoint {p} does not exist")
     verify_sha256(p, sha256)
-    sd = torch.load(p, map_location="cpu", weights_only=True)
+    from ..checkpoint import torch_load_weights
+
+    sd = torch_load_weights(p)
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -353,7 +353,9 @@ def load_score_sde(path: str | os.PathLike, config: Mapping[str, Any] | None = N
     if not p.is_file():
         raise FileNotFoundError(f"score_sde checkpoint {p} does not exist")
     verify_sha256(p, sha256)
-    ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    from ..checkpoint import torch_load_weights
+
+    ckpt = torch_load_weights(p)
     if not isinstance(ckpt, Mapping) or "ema" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(f"{p}: not a score_sde training checkpoint: missing key 'ema' (the EMA weights the "

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+from pathlib import Path
+
+from .. import threads
 
 
 def _seeds(s: str) -> list[int]:
@@ -61,12 +63,121 @@ def register(subparsers) -> None:
     p.add_argument("--sanity-queries", type=int, default=200, help="Square queries in the black-box check")
     p.add_argument("--votes", type=int, default=0, help="majority vote over K purifications (0 = none; "
                                                         "for cmap, >= 1 votes over its K latents)")
+    p.add_argument("--allow-random-weights", action="store_true",
+                   help="accept a bare architecture name as --classifier (a randomly initialised network)")
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--journal", default=None, help="JSONL journal for resuming an interrupted run")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    threads.add_argument(p)
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     p.set_defaults(func=_handler)
+    _DEFAULTS.update({a.dest: a.default for a in p._actions})
+
+
+#: default value of every option (filled by :func:`register`), to tell which ones the user gave
+_DEFAULTS: dict[str, object] = {}
+#: options that only some threats use; giving one to another threat is an error, never silently ignored
+_USED_BY = {
+    "attack": ("adversarial",), "surrogate_defense": ("adversarial",), "surrogate_classifier": ("adversarial",),
+    "journal": ("adversarial",), "seeds": ("adversarial",), "votes": ("adversarial",),
+    "eval_draws": ("adversarial",), "no_early_stop": ("adversarial",), "no_sanity": ("adversarial",),
+    "sanity_n": ("adversarial",), "sanity_queries": ("adversarial",), "convergence": ("adversarial",),
+    "convergence_max_factor": ("adversarial",), "split": ("adversarial",),
+    "corruptions": ("corruptions",), "severities": ("corruptions",),
+    "sigma": ("certify",), "n0": ("certify",), "n_mc": ("certify",), "alpha": ("certify",), "denoiser": ("certify",),
+}
+
+
+def _option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Unknown or conflicting options are errors naming the option, raised before anything is loaded."""
+    from ..specs import names, parse_spec
+    from .sanity import MIN_SANITY_N
+
+    for dest, threats_ in _USED_BY.items():
+        v = getattr(args, dest)
+        given = len(v) > 1 if dest == "seeds" else v != _DEFAULTS.get(dest, v)
+        if given and args.threat not in threats_:
+            shown = ",".join(map(str, v)) if isinstance(v, list) else v
+            what = "runs one seed" if dest == "seeds" else "does not use it"
+            raise ValueError(f"{_option(dest)} {shown}: --threat {args.threat} {what}; remove it "
+                             f"(it is used by --threat {' or '.join(threats_)})")
+    for dest, minimum in (("n", 1), ("batch_size", 1), ("subset_seed", 0), ("eval_draws", 1),
+                          ("sanity_n", MIN_SANITY_N), ("votes", 0), ("convergence_max_factor", 2),
+                          ("sanity_queries", 1), ("n0", 1), ("n_mc", 1)):
+        if getattr(args, dest) < minimum:
+            extra = " (smaller sanity checks cannot fail)" if dest == "sanity_n" else ""
+            raise ValueError(f"{_option(dest)} {getattr(args, dest)}: expected an integer >= {minimum}{extra}")
+    checks_run = args.threat == "adversarial" and args.attack != "none" and (not args.no_sanity or args.convergence)
+    if checks_run and args.n < MIN_SANITY_N:
+        raise ValueError(f"--n {args.n}: the sanity checks (and --convergence) run on min(--sanity-n, --n) images and "
+                         f"need at least {MIN_SANITY_N}; raise --n or pass --no-sanity")
+    for dest in ("defense", "attack", "surrogate_defense"):
+        spec = getattr(args, dest)
+        if spec is None or spec == "none":
+            continue
+        name, _ = parse_spec(spec)
+        kind = "attack" if dest == "attack" else "defense"
+        if name not in names(kind):
+            raise ValueError(f"{_option(dest)} {spec}: unknown {kind} {name!r}; expected one of {', '.join(names(kind))}")
+    if args.votes:
+        if args.defense in (None, "none"):
+            raise ValueError(f"--votes {args.votes}: a majority vote needs a stochastic defense, and --defense is none "
+                             "(the classifier alone is deterministic)")
+        if args.votes == 1 and parse_spec(args.defense)[0] != "cmap":
+            raise ValueError("--votes 1: a majority vote needs K >= 2 purifications (1 is only for cmap, which votes "
+                             "over its own K latents)")
+    if args.out is not None and args.journal is not None and Path(args.out).resolve() == Path(args.journal).resolve():
+        raise ValueError(f"--out and --journal are the same file ({args.out})")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Fail before compute when an output cannot be written."""
+    from ..paths import check_writable
+
+    if args.out is not None:
+        check_writable(args.out, "--out", "file")
+    if args.journal is not None:
+        check_writable(args.journal, "--journal", "file")
+
+
+def check_data_fits(args: argparse.Namespace) -> None:
+    """The classifier must take the dataset's images and have one output per class: checked from the classifier's
+    sidecar (its weights are not loaded twice) and the dataset (decoded once; later loads read the cache)."""
+    from ..data import load_dataset
+    from ..models import classifier_info
+
+    info = classifier_info(args.classifier, allow_random_weights=args.allow_random_weights, what="--classifier")
+    if args.surrogate_classifier is not None:
+        classifier_info(args.surrogate_classifier, allow_random_weights=args.allow_random_weights,
+                        what="--surrogate-classifier")
+    split = args.split if args.threat == "adversarial" else "test"
+    ds = load_dataset(args.dataset, split, data_dir=args.data_dir)
+    if info["num_classes"] is not None and info["num_classes"] != ds.num_classes:
+        shown = ", ".join(ds.classes[:10]) + (", ..." if ds.num_classes > 10 else "")
+        raise ValueError(f"--classifier {args.classifier}: {info['num_classes']} output classes, but --dataset "
+                         f"{args.dataset} ({split}) has {ds.num_classes} classes ({shown})")
+    c, h, w = ds.shape
+    if (info["in_channels"] is not None and info["in_channels"] != c) or \
+            (info["image_size"] is not None and (h, w) != (info["image_size"], info["image_size"])):
+        raise ValueError(f"--classifier {args.classifier}: takes {info['in_channels']}x{info['image_size']}x"
+                         f"{info['image_size']} images, but --dataset {args.dataset} has {c}x{h}x{w}")
+
+
+def _classifier_arg(spec: str | None, allow_random_weights: bool):
+    """The spec itself, or (with --allow-random-weights and a bare architecture name) the random network, labelled
+    as such in the report."""
+    from ..models import ARCHS, load_classifier
+
+    if spec is None or not allow_random_weights or spec not in ARCHS:
+        return spec
+    clf = load_classifier(spec, allow_random_weights=True)
+    clf.describe = lambda: f"{spec} (random weights: --allow-random-weights)"
+    return clf
 
 
 def _other_threat(args: argparse.Namespace) -> int:
@@ -81,7 +192,8 @@ def _other_threat(args: argparse.Namespace) -> int:
         res = threats.run_corruptions(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
                                       defense=args.defense, names=names,
                                       severities=[int(v) for v in args.severities.split(",")], n=args.n,
-                                      subset_seed=args.subset_seed, seed=seed, batch_size=args.batch_size)
+                                      subset_seed=args.subset_seed, seed=seed, batch_size=args.batch_size,
+                                      allow_random_weights=args.allow_random_weights)
         table = threats.corruptions_table(res)
     else:
         if args.defense not in (None, "none"):
@@ -90,15 +202,13 @@ def _other_threat(args: argparse.Namespace) -> int:
         res = threats.run_certify(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
                                   sigma=args.sigma, n0=args.n0, n_mc=args.n_mc, alpha=args.alpha, n=args.n,
                                   subset_seed=args.subset_seed, seed=seed, denoiser=args.denoiser,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, allow_random_weights=args.allow_random_weights)
         table = "| radius | certified accuracy |\n|---|---|\n" + "\n".join(
             f"| {r} | {100 * a:.1f}% |" for r, a in res["certified_accuracy"].items())
         table += f"\n\nsigma {res['sigma']}, n0 {res['n0']}, n {res['n_mc']}, alpha {res['alpha']}, " \
                  f"{res['abstain']} of {res['n']} abstained, denoiser {res['denoiser']}"
     print(table)
     if args.out:
-        from pathlib import Path
-
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
         print(f"\nwrote {args.out}")
@@ -106,19 +216,25 @@ def _other_threat(args: argparse.Namespace) -> int:
 
 
 def _handler(args: argparse.Namespace) -> int:
+    # ---- every check before anything is loaded or attacked (--device and --threads: advpure.cli.run_command)
+    check_options(args)
+    check_outputs(args)
+    check_data_fits(args)
     if args.threat != "adversarial":
         return _other_threat(args)
     from .runner import close_distributed, format_markdown, run_eval
 
     result = run_eval(
-        dataset=args.dataset, data_dir=args.data_dir, split=args.split, classifier=args.classifier,
+        dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        classifier=_classifier_arg(args.classifier, args.allow_random_weights),
         defense=args.defense, attack=args.attack, n=args.n, subset_seed=args.subset_seed, seeds=args.seeds,
         batch_size=args.batch_size, out=args.out, journal=args.journal, device=args.device,
         eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
         sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, convergence=args.convergence,
         convergence_max_factor=args.convergence_max_factor,
         surrogate_defense=args.surrogate_defense,
-        surrogate_classifier=args.surrogate_classifier, votes=args.votes, progress=not args.no_progress,
+        surrogate_classifier=_classifier_arg(args.surrogate_classifier, args.allow_random_weights), votes=args.votes,
+        progress=not args.no_progress,
     )
     import os
 
@@ -131,18 +247,14 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m advpure.eval.cli ...`` = ``advpure eval ...``)."""
+    """Stand-alone entry (``python -m advpure.eval.cli ...`` = ``advpure eval ...``), with the same error handling."""
+    from ..cli import run_command
+
     parser = argparse.ArgumentParser(prog="advpure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        if args.debug:
-            raise
-        print(f"advpure eval: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args)
 
 
 if __name__ == "__main__":  # pragma: no cover

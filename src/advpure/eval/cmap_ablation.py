@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from ..contracts import parse_fraction
+from .. import threads
+from ..contracts import linf_budget
 from ..data import DEFAULT_LINF_EPS
 
 log = logging.getLogger(__name__)
@@ -320,7 +321,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="diffusion model for the DiffPure comparison (--attacks)")
     p.add_argument("--n", type=int, default=100, help="test images (seeded subset)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eps", type=parse_fraction, default=None, help="linf budget, e.g. 8/255 (default: digits 0.2, "
+    p.add_argument("--eps", type=linf_budget, default=None, help="linf budget, e.g. 8/255 (default: digits 0.2, "
                    "cifar10 8/255)")
     p.add_argument("--iterations", type=int, default=None, help="CMAP iterations (default 30); for the ablation: "
                    "the iterations of the voting and K comparisons")
@@ -342,5 +343,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--parts", default="cmap,full,diffpure", help="which rows of the attack table to run")
     p.add_argument("--skip-full", action="store_true", help="skip the full-gradient PGD-EOT through CMAP")
     p.add_argument("--out", required=True)
+    threads.add_argument(p)
     p.set_defaults(func=_handler)
     return p

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from ..contracts import parse_fraction
+from .. import threads
+from ..contracts import linf_budget, parse_fraction
 
 log = logging.getLogger(__name__)
 
@@ -196,8 +197,6 @@ def eps_ad_table(r: dict) -> str:
 
 
 def cmd_eps_ad(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     r = run_eps_ad(dataset=args.dataset, classifier=args.classifier, model=args.model, data_dir=args.data_dir,
                    t_levels=_floats(args.t_levels) if args.t_levels else None, train_eps=args.train_eps,
                    n_train=args.n_train, n_ref=args.n_ref, n_calib=args.n_calib, n_test=args.n_test,
@@ -216,7 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", required=True)
     p.add_argument("--model", default=None, help="diffusion checkpoint (default: the dataset's zoo model)")
     p.add_argument("--t-levels", default=None, help="comma-separated EPS noise levels (default t=1..20/1000)")
-    p.add_argument("--train-eps", type=parse_fraction, default=0.1,
+    p.add_argument("--train-eps", type=linf_budget, default=0.1,
                    help="PGD-linf budget of the kernel's adversarial training data (EPS-AD: half the headline budget)")
     p.add_argument("--n-train", type=int, default=300)
     p.add_argument("--n-ref", type=int, default=400)
@@ -229,7 +228,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--l2-budgets", default="1.0,2.0")
     p.add_argument("--attacks", default="pgd,apgd,cw,fgsm,noise")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    threads.add_argument(p)
     p.add_argument("--out", default="eps-ad")
     p.set_defaults(func=cmd_eps_ad)
     _register_dad(sub)
@@ -418,8 +417,6 @@ def dad_table(r: dict) -> str:
 
 
 def cmd_dad_attacks(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     r = dad_attacks(dataset=args.dataset, classifier=args.classifier, kernel=args.kernel, denoiser=args.denoiser,
                     data_dir=args.data_dir, eps=args.eps, n=args.n, batch_size=args.batch_size,
                     seeds=tuple(int(s) for s in args.seeds.split(",")), steps=args.steps, eot=args.eot,
@@ -437,7 +434,7 @@ def _register_dad(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors")
     p.add_argument("--kernel", default="zoo/digits-dad-kernel.safetensors")
     p.add_argument("--denoiser", default="zoo/digits-dad-denoiser.safetensors")
-    p.add_argument("--eps", type=parse_fraction, default=0.2)
+    p.add_argument("--eps", type=linf_budget, default=0.2)
     p.add_argument("--n", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--seeds", default="0,1,2")
@@ -451,7 +448,7 @@ def _register_dad(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("batch", "sample"), default="batch",
                    help="DAD decision per batch (permutation test) or per input (threshold at 5%% FPR, calibrated "
                         "on 300 further clean images of the reference split)")
-    p.add_argument("--threads", type=int, default=None)
+    threads.add_argument(p)
     p.add_argument("--out", default="dad-attacks")
     p.set_defaults(func=cmd_dad_attacks)
 
@@ -557,8 +554,6 @@ def discrepancy(*, dataset: str = "digits", classifier: str, model: str | None =
 
 
 def cmd_discrepancy(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     r = discrepancy(dataset=args.dataset, classifier=args.classifier, model=args.model, data_dir=args.data_dir,
                     kernel=args.kernel, eps=args.eps, subset=args.subset, n_subsets=args.n_subsets,
                     n_pool=args.n_pool, n_ref=args.n_ref, sample_steps=args.sample_steps, seed=args.seed,
@@ -579,13 +574,13 @@ def _register_discrepancy(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors")
     p.add_argument("--model", default=None, help="diffusion checkpoint (EPS and samples)")
     p.add_argument("--kernel", default=None, help="EPS-AD kernel from `advpure eps-ad` (default: Gaussian)")
-    p.add_argument("--eps", type=parse_fraction, default=0.2)
+    p.add_argument("--eps", type=linf_budget, default=0.2)
     p.add_argument("--subset", type=int, default=50)
     p.add_argument("--n-subsets", type=int, default=100)
     p.add_argument("--n-pool", type=int, default=200)
     p.add_argument("--n-ref", type=int, default=400)
     p.add_argument("--sample-steps", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    threads.add_argument(p)
     p.add_argument("--out", default="discrepancy")
     p.set_defaults(func=cmd_discrepancy)

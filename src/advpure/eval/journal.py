@@ -35,7 +35,7 @@ def tensor_digest(t: torch.Tensor, h: "hashlib._Hash | None" = None) -> str:
     h = h or hashlib.sha256()
     t = t.detach().to("cpu").contiguous()
     h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-dim too
     return h.hexdigest()
 
 
@@ -137,7 +137,7 @@ class Journal:
                 rec = json.loads(line)
                 if not isinstance(rec, dict):
                     raise ValueError("not an object")
-            except ValueError:
+            except (ValueError, RecursionError):  # garbage, or JSON nested too deep to parse
                 self.skipped += 1
                 continue
             if rec.get("key") == self.key:

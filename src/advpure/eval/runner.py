@@ -88,8 +88,11 @@ def _wrap(clf: nn.Module, defense: nn.Module | None, votes: int) -> nn.Module:
     from ..defenses import DefendedClassifier
 
     check_int(votes, "votes", minimum=0)
-    if votes == 0 or defense is None:
+    if votes == 0:
         return DefendedClassifier(clf, defense)
+    if defense is None or not is_stochastic(defense):
+        raise ValueError(f"votes: a majority vote needs a stochastic defense; {type(defense).__name__} would repeat "
+                         "one prediction (use --votes 0)")
     from ..defenses.cmap import CMAP, CMAPClassifier
 
     if isinstance(defense, CMAP):
@@ -181,6 +184,11 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     from ..models import load_classifier
 
     n = check_int(n, "n", minimum=1)
+    from .sanity import MIN_SANITY_N
+
+    if (sanity or convergence) and attack not in (None, "none") and min(sanity_n, n) < MIN_SANITY_N:
+        raise ValueError(f"sanity checks: need at least {MIN_SANITY_N} images to be able to fail, got "
+                         f"min(sanity_n={sanity_n}, n={n}); raise them or pass sanity=False (--no-sanity)")
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     seeds = [check_int(int(s), "seed", minimum=0) for s in seeds]
     if not seeds:

@@ -19,15 +19,18 @@ from typing import Sequence
 
 import torch
 
+from .. import threads
 
-def _setup(dataset: str, data_dir: str | None, classifier: str, n: int, subset_seed: int, defense: str | None):
+
+def _setup(dataset: str, data_dir: str | None, classifier: str, n: int, subset_seed: int, defense: str | None,
+           allow_random_weights: bool = False):
     from ..data import load_dataset
     from ..defenses import DefendedClassifier
     from ..models import load_classifier
     from ..specs import SpecContext, build
 
     ds = load_dataset(dataset, "test", data_dir=data_dir).subset(n, subset_seed)
-    clf = load_classifier(classifier)
+    clf = load_classifier(classifier, allow_random_weights=allow_random_weights)
     ctx = SpecContext(classifier=clf, dataset=dataset, image_shape=ds.shape)
     defended = None
     if defense and defense != "none":
@@ -37,11 +40,11 @@ def _setup(dataset: str, data_dir: str | None, classifier: str, n: int, subset_s
 
 def run_corruptions(*, dataset: str, classifier: str, defense: str | None, names: Sequence[str],
                     severities: Sequence[int], n: int, subset_seed: int = 0, seed: int = 0, batch_size: int = 100,
-                    data_dir: str | None = None) -> dict:
+                    data_dir: str | None = None, allow_random_weights: bool = False) -> dict:
     """Accuracy under each corruption and severity, without and (if given) with the defense."""
     from .corruptions import corruption_accuracy
 
-    ds, clf, defended = _setup(dataset, data_dir, classifier, n, subset_seed, defense)
+    ds, clf, defended = _setup(dataset, data_dir, classifier, n, subset_seed, defense, allow_random_weights)
     x, y = ds.tensors()
     t0 = time.time()
     out = {"threat": "corruptions", "dataset": dataset, "n": n, "subset_seed": subset_seed, "seed": seed,
@@ -69,12 +72,13 @@ def corruptions_table(res: dict) -> str:
 
 def run_certify(*, dataset: str, classifier: str, sigma: float, n0: int, n_mc: int, alpha: float, n: int,
                 subset_seed: int = 0, seed: int = 0, denoiser: str | None = None, batch_size: int = 500,
-                radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), data_dir: str | None = None) -> dict:
+                radii: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), data_dir: str | None = None,
+                allow_random_weights: bool = False) -> dict:
     """Certified accuracy at ``radii`` of randomized smoothing (optionally denoised smoothing)."""
     from ..defenses import DefendedClassifier
     from .certify import OneShotDenoiser, certified_accuracy, certify
 
-    ds, clf, _ = _setup(dataset, data_dir, classifier, n, subset_seed, None)
+    ds, clf, _ = _setup(dataset, data_dir, classifier, n, subset_seed, None, allow_random_weights)
     x, y = ds.tensors()
     model = clf
     if denoiser:
@@ -161,6 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--votes", type=int, default=0)
     p.add_argument("--out", default="curves")
+    threads.add_argument(p)
     p.set_defaults(func=_curves_main)
 
 

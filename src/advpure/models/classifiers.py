@@ -2,8 +2,9 @@
 
 Normalisation lives inside the model (non-persistent buffers ``mean``/``std``), so state dicts keep
 the original layouts: :class:`ResNetCifar` loads the third-party "ResNet for CIFAR-10" checkpoints
-(He et al. 2016, option-A shortcuts) as they are, and :class:`WideResNet` matches RobustBench's
-"Standard" WRN-28-10 key layout.
+(He et al. 2016, option-A shortcuts) as they are, :class:`WideResNet` matches RobustBench's
+"Standard" WRN-28-10 key layout and :class:`DMWideResNet` RobustBench's ``DMWideResNet`` (DeepMind's WRN-70-16).
+torchvision's ImageNet ResNets are in :mod:`advpure.models.imagenet`.
 """
 
 from __future__ import annotations
@@ -197,6 +198,143 @@ class WideResNet(ImageClassifier):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self._body((x - self.mean) / self.std)
+
+
+# --------------------------------------------------------------------------- DeepMind WideResNet (RobustBench)
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2471, 0.2435, 0.2616)
+_ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU}
+
+
+class _DMBlock(nn.Module):
+    """Pre-activation block of DeepMind's WideResNet: ``batchnorm_0 -> act -> conv_0`` (3x3, padding 0 after a
+    TensorFlow "SAME" pad: (1, 1, 1, 1) at stride 1, (0, 1, 0, 1) at stride 2) ``-> batchnorm_1 -> act -> conv_1``,
+    plus the identity or, when the width changes, a 1x1 ``shortcut`` conv of the activated input."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"DMWideResNet block: stride must be 1 or 2, got {stride}")
+        act = _ACTIVATIONS[activation]
+        self.batchnorm_0 = nn.BatchNorm2d(in_planes)
+        self.relu_0 = act()
+        self.conv_0 = nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
+        self.relu_1 = act()
+        self.conv_1 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.has_shortcut = in_planes != out_planes
+        self.shortcut = nn.Conv2d(in_planes, out_planes, 1, stride, 0, bias=False) if self.has_shortcut else None
+        self._pad = (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu_0(self.batchnorm_0(x))
+        out = self.conv_0(F.pad(a, self._pad))
+        out = self.conv_1(self.relu_1(self.batchnorm_1(out)))
+        return (self.shortcut(a) if self.has_shortcut else x) + out
+
+
+class _DMBlockGroup(nn.Module):
+    def __init__(self, n: int, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
+        super().__init__()
+        self.block = nn.Sequential(*[
+            _DMBlock(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1, activation)
+            for i in range(n)
+        ])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(x)
+
+
+class DMWideResNet(ImageClassifier):
+    """DeepMind's WideResNet (Gowal et al. 2020, Rebuffi et al. 2021) in the key layout of RobustBench's
+    ``DMWideResNet`` (``model_zoo/architectures/dm_wide_resnet.py``): ``init_conv``, ``layer.{0,1,2}.block.i``
+    (``batchnorm_0``, ``conv_0``, ``batchnorm_1``, ``conv_1``, ``shortcut``), ``batchnorm``, ``logits``.
+
+    This is the WRN-70-16 DiffPure evaluates (its ``utils.get_image_classifier``): ``wideresnet-70-16`` is
+    ``DMWideResNet(depth=70, width=16, activation_fn=Swish)`` and the adversarially trained ``wrn-70-16-at0/at1`` are
+    RobustBench's ``Gowal2021Improving_70_16_ddpm_100m`` / ``Rebuffi2021Fixing_70_16_cutmix_extra``, the same class
+    with Swish and the CIFAR-10 mean/std inside. Swish is ``x * sigmoid(x)`` (``nn.SiLU``).
+
+    Normalisation: CIFAR-10 mean/std by default (as RobustBench builds these models). Some RobustBench versions
+    store ``mean``/``std`` in the state dict (persistent buffers of shape (3, 1, 1)), others do not: both load;
+    stored values replace the defaults (:meth:`adapt_state_dict`). Our own state dict leaves them out, like every
+    advpure classifier. ``padding`` pads the input by that many zeros first (RobustBench's argument; 0 for CIFAR).
+    """
+
+    def __init__(self, depth: int = 70, width: int = 16, num_classes: int = 10, in_channels: int = 3,
+                 image_size: int = 32, activation: str = "swish", padding: int = 0,
+                 mean: Sequence[float] | None = CIFAR10_MEAN, std: Sequence[float] | None = CIFAR10_STD) -> None:
+        super().__init__(in_channels, image_size, num_classes, mean, std)
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"DMWideResNet depth must be 6n+4 (28, 34, 70, 106), got {depth}")
+        if activation not in _ACTIVATIONS:
+            raise ValueError(f"DMWideResNet activation must be one of {', '.join(_ACTIVATIONS)}, got {activation!r}")
+        n = (depth - 4) // 6
+        ch = [16, 16 * width, 32 * width, 64 * width]
+        self.padding = int(padding)
+        self.init_conv = nn.Conv2d(in_channels, ch[0], 3, 1, 1, bias=False)
+        self.layer = nn.Sequential(
+            _DMBlockGroup(n, ch[0], ch[1], 1, activation),
+            _DMBlockGroup(n, ch[1], ch[2], 2, activation),
+            _DMBlockGroup(n, ch[2], ch[3], 2, activation),
+        )
+        self.batchnorm = nn.BatchNorm2d(ch[3])
+        self.relu = _ACTIVATIONS[activation]()
+        # RobustBench names the linear head ``logits``, which is also ImageClassifier's method name: the module is
+        # registered directly (state dict keys ``logits.weight``/``logits.bias``) and reached as ``self.head``.
+        self._modules["logits"] = nn.Linear(ch[3], num_classes)
+
+    def _body(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer(self.init_conv(x))
+        out = self.relu(self.batchnorm(out))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        # RobustBench pads the raw input, then normalises: a zero pad is 0 in pixel space, not the mean
+        if self.padding > 0:
+            x = F.pad(x, (self.padding,) * 4)
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.validate_inputs:
+            check_images(x, channels=self.in_channels, size=self.image_size)
+        return self.head(self._body(self._prepare(x)))
+
+    @property
+    def head(self) -> nn.Linear:
+        return self._modules["logits"]  # type: ignore[return-value]
+
+    def logits(self, x_normalised: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if self.padding > 0:  # the zero pad belongs to pixel space
+            x_normalised = self._prepare(x_normalised * self.std + self.mean)
+        return self.head(self._body(x_normalised))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self._body(self._prepare(x))
+
+    @torch.no_grad()
+    def adapt_state_dict(self, state_dict: dict, prefix: str = "") -> dict:
+        """Take ``mean``/``std`` out of a RobustBench state dict (when it has them) into this model's buffers."""
+        sd = dict(state_dict)
+        for name in ("mean", "std"):
+            v = sd.pop(prefix + name, None)
+            if v is None:
+                continue
+            if not isinstance(v, torch.Tensor) or v.numel() != self.in_channels:
+                raise ValueError(f"DMWideResNet: checkpoint {name!r} has shape {tuple(getattr(v, 'shape', ()))}, "
+                                 f"expected {self.in_channels} values")
+            getattr(self, name).copy_(v.reshape(1, -1, 1, 1).to(getattr(self, name)))
+        return sd
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):  # noqa: D401 - torch hook: ``load_state_dict`` takes RobustBench files too
+        stats = self.adapt_state_dict({k: state_dict[k] for k in (prefix + "mean", prefix + "std") if k in state_dict},
+                                      prefix)
+        assert not stats
+        for k in (prefix + "mean", prefix + "std"):
+            state_dict.pop(k, None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
 
 # --------------------------------------------------------------------------- PreAct ResNet-18

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .. import threads
 from ..data import load_dataset
+from ..paths import check_writable
 from ..specs import parse_spec
 from ..models import ImageClassifier, build_classifier, save_classifier
 from .common import augment_crop_flip, load_resume, pick_device, save_resume
@@ -216,10 +218,12 @@ def register(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch-kwargs", default=None, help="architecture options as key=value,... (e.g. head_scale=0.111)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
+    threads.add_argument(p)
     p.set_defaults(func=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
+    check_writable(args.out, "--out", "file", suffix=".safetensors")
     cfg = ClassifierTrainConfig(dataset=args.dataset, arch=args.arch, data_dir=args.data_dir, epochs=args.epochs,
                                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                                 device=args.device, train_subset=args.train_subset, out=args.out,

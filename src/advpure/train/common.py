@@ -13,10 +13,9 @@ import torch.nn.functional as F
 def pick_device(name: str | None = None) -> torch.device:
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but no CUDA device is available; use --device cpu")
-    return dev
+    from ..contracts import check_device
+
+    return check_device(name)
 
 
 def save_resume(path: Path, state: dict[str, Any]) -> None:
@@ -30,7 +29,9 @@ def save_resume(path: Path, state: dict[str, Any]) -> None:
 def load_resume(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    from ..checkpoint import torch_load_weights
+
+    return torch_load_weights(path)
 
 
 def augment_crop_flip(x: torch.Tensor, *, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import threads
 from ..contracts import check_int, check_positive
 from ..diffusion.consistency import (SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNET_CONFIGS, ConsistencyModel, cd_loss, ct_loss,
                                      ct_schedule, karras_sigmas, vp_denoiser)
@@ -206,6 +207,9 @@ def train_consistency(*, dataset: str = "digits", mode: str = "cd", teacher: str
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from ..paths import check_writable
+
+    check_writable(args.out, "--out", "dir")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = train_consistency(dataset=args.dataset, mode=args.mode, teacher=args.teacher, steps=args.steps,
                             batch_size=args.batch_size, out=args.out, lr=args.lr, n_cd=args.n, metric=args.metric,
@@ -243,5 +247,6 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="file stem (default <dataset>-cm-<mode>)")
     p.add_argument("--classifier", default=None, help="classifier spec to measure sample recognisability")
     p.add_argument("--resume", action="store_true")
+    threads.add_argument(p)
     p.set_defaults(func=_handler)
     return p

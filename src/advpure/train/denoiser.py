@@ -101,6 +101,9 @@ def run_train_denoiser(args: argparse.Namespace) -> int:
     from ..detect.mmd_opt import make_adversarial
     from .kernel import load_inputs
 
+    from ..paths import check_writable
+
+    check_writable(args.out, "--out", "file", suffix=".safetensors")
     clf, train, test, eps = load_inputs(args)
     kernel = load_kernel(args.kernel, classifier=clf, input_shape=train.shape)
     n_clean = args.n_clean

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .. import threads
 from ..contracts import check_int, check_positive
 from ..diffusion.models import DATASET_PRESET, DiscreteTimeAdapter, build_unet, unet_config
 from ..diffusion.samplers import diffuse, reverse_sde, sample
@@ -127,7 +128,9 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
     if resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: no training state at {state_path}")
-        st = torch.load(state_path, map_location=dev, weights_only=True)
+        from ..checkpoint import torch_load_weights
+
+        st = torch_load_weights(state_path, map_location=dev)
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
@@ -240,6 +243,9 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
 
 
 def _handler(args: argparse.Namespace) -> int:
+    from ..paths import check_writable
+
+    check_writable(args.out, "--out", "dir")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = train_diffusion(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, out=args.out,
                           t_max=args.t_max, time_sampling=args.time, lr=args.lr, seed=args.seed, resume=args.resume,
@@ -269,6 +275,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--name", default=None, help="file stem (default <dataset>-ddpm)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/<name>.state.pt")
+    threads.add_argument(p)
     p.set_defaults(func=_handler)
     return p
 

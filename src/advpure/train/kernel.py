@@ -14,7 +14,9 @@ import logging
 
 import torch
 
-from ..contracts import parse_fraction
+from .. import threads
+from ..contracts import linf_budget
+from ..paths import check_writable
 from ..data import DEFAULT_LINF_EPS
 
 log = logging.getLogger(__name__)
@@ -25,19 +27,17 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"])
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10/folder)")
     p.add_argument("--classifier", required=True, help="classifier spec, e.g. zoo/digits-small-cnn.safetensors")
-    p.add_argument("--attack-eps", type=parse_fraction, default=None,
+    p.add_argument("--attack-eps", type=linf_budget, default=None,
                    help="L-inf PGD radius (default: 0.2 digits, 8/255 cifar10)")
     p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (DAD: 10)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None, help="torch threads")
+    threads.add_argument(p)
 
 
 def load_inputs(args: argparse.Namespace):
     from ..data import load_dataset
     from ..models import load_classifier
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     clf = load_classifier(args.classifier)
     for p in clf.parameters():
         p.requires_grad_(False)
@@ -51,6 +51,7 @@ def run_train_kernel(args: argparse.Namespace) -> int:
     from ..detect.kernels import build_deep_kernel, classifier_fingerprint, save_kernel
     from ..detect.mmd_opt import make_adversarial, test_power, train_kernel, type1_error
 
+    check_writable(args.out, "--out", "file", suffix=".safetensors")
     clf, train, test, eps = load_inputs(args)
     n = args.n_train
     if 2 * n > len(train):
