@@ -175,3 +175,13 @@ def test_convergence_curve_doubles_until_flat():
     # a budget that stops before the plateau is reported as not converged
     short = convergence_curve(model, PGD(eps=0.2, steps=1, step_size=0.01, eot=1, seed=0), x, y, draws=50, max_factor=2)
     assert not short["converged"] and len(short["curve"]) == 2
+
+
+def test_run_eval_reports_convergence(digits_classifier):
+    from advpure.eval.runner import format_markdown, run_eval
+
+    res = run_eval(dataset="digits", classifier=digits_classifier, attack="pgd:eps=0.2,steps=1,step_size=0.02",
+                   n=8, sanity=False, sanity_n=8, convergence=True, convergence_max_factor=8, progress=False)
+    conv = res["convergence"]
+    assert conv["curve"][0]["factor"] == 1 and conv["curve"][0]["robust"] == res["robust_accuracy"]["mean"]
+    assert len(conv["curve"]) >= 2 and "convergence" in format_markdown(res)

@@ -293,18 +293,22 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         dist.all_gather_object(gathered, records)
         records = [r for part in gathered for r in part]
 
+    def check_subset() -> tuple[torch.Tensor, torch.Tensor, list[float] | None]:
+        """The first ``sanity_n`` images, and the main run's per-image scores on them (seed 0), which serve as
+        the checks' base run instead of attacking the same images again."""
+        m = min(sanity_n, n)
+        xs, ys = sub.batch(list(range(m)))
+        return xs.to(dev), ys.to(dev), _seed0_scores(records, seeds[0], m)
+
     sanity_rows: list[dict] | None = None
     if sanity and att is not None and rank == 0:
         prev = list(jr.of_type("sanity"))
         if prev:
             sanity_rows = prev[-1]["rows"]
         else:
-            m = min(sanity_n, n)
-            xs, ys = sub.batch(list(range(m)))
-            # the main run already attacked these images (seed 0): its per-image scores are the checks' base run
-            base_scores = _seed0_scores(records, seeds[0], m)
-            sanity_rows = run_sanity_checks(model, att, xs.to(dev), ys.to(dev), draws=draws,
-                                            square_queries=sanity_queries, base_scores=base_scores,
+            xs, ys, base_scores = check_subset()
+            sanity_rows = run_sanity_checks(model, att, xs, ys, draws=draws, square_queries=sanity_queries,
+                                            base_scores=base_scores,
                                             reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
             jr.append({"type": "sanity", "rows": sanity_rows})
     convergence_rec: dict | None = None
@@ -315,11 +319,9 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
         else:
             from .sanity import convergence_curve
 
-            m = min(sanity_n, n)
-            xs, ys = sub.batch(list(range(m)))
+            xs, ys, base_scores = check_subset()
             convergence_rec = convergence_curve(
-                model, att, xs.to(dev), ys.to(dev), draws=draws, max_factor=convergence_max_factor,
-                base_scores=_seed0_scores(records, seeds[0], m),
+                model, att, xs, ys, draws=draws, max_factor=convergence_max_factor, base_scores=base_scores,
                 reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
             jr.append({"type": "convergence", "result": convergence_rec})
     jr.close()
