@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from ..diffusion.purifier import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddim, ddpm_timesteps, diffuse, reverse_sde
 from ..specs import SpecContext, register
 

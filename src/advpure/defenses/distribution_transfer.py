@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from ..diffusion.purifier import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps
 from ..diffusion.schedule import DiscreteSchedule, _bcast
 from ..eval.quality import ssim

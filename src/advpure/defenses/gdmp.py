@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
-from ..diffusion.purifier import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse
 from ..diffusion.schedule import DiscreteSchedule
 from ..specs import SpecContext, register

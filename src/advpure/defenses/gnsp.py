@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from ..diffusion.purifier import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde
 from ..diffusion.schedule import DiscreteSchedule
 from ..specs import SpecContext, register

@@ -169,7 +169,7 @@ def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | o
     ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps-ref``); its recorded checkpoint
     sha256 must match the model's.
     """
-    from ..diffusion.purifier import DEFAULT_MODELS, resolve_denoiser
+    from .diffusion_base import DEFAULT_MODELS, resolve_denoiser
     from .diffpure import DiffPure
 
     if base != "diffpure":

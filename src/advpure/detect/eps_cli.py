@@ -17,7 +17,7 @@ from .eps import DEFAULT_T_LEVELS, EPSReference, compute_reference, eps_norm, re
 
 
 def _load_model(model: str | None, dataset: str):
-    from ..diffusion.purifier import DEFAULT_MODELS
+    from ..defenses.diffusion_base import DEFAULT_MODELS
     from ..diffusion.models import load_denoiser
     from ..diffusion.schedule import VPSchedule
 

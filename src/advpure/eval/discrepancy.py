@@ -34,9 +34,8 @@ def _floats(s: str) -> list[float]:
 
 
 def _load_diffusion(model: str | None, dataset: str):
-    from .. import defenses  # noqa: F401  (imports diffusion.purifier in the order it needs)
     from ..diffusion.models import load_denoiser
-    from ..diffusion.purifier import DEFAULT_MODELS
+    from ..defenses.diffusion_base import DEFAULT_MODELS
     from ..diffusion.schedule import VPSchedule
 
     path = Path(model) if model else DEFAULT_MODELS.get(dataset)

@@ -1,5 +1,6 @@
-"""Shared plumbing of the diffusion purifiers (DiffPure, GDMP, GNSP): [0, 1] <-> [-1, 1], input checks,
-loading a denoiser from a spec parameter. The methods themselves live in :mod:`advpure.defenses`."""
+"""Shared plumbing of the diffusion purifiers (DiffPure, GDMP, GNSP, distribution transfer, SSNI): [0, 1] <-> [-1, 1],
+input checks, loading a denoiser from a spec parameter. It lives on the defenses floor (it is a purifier), above
+:mod:`advpure.diffusion`, whose networks, schedules and samplers it uses."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_images
-from ..defenses.base import Purifier
-from .models import load_denoiser
-from .schedule import DiscreteSchedule, VPSchedule, get_schedule
+from ..diffusion.models import load_denoiser
+from ..diffusion.schedule import DiscreteSchedule, VPSchedule, get_schedule
+from .base import Purifier
 
 REPO = Path(__file__).resolve().parents[3]
 #: default diffusion model per dataset, used when a spec gives no ``model=``
