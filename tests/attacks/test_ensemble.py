@@ -88,3 +88,22 @@ def test_standard_run_reports_which_attack_broke_each_image(digits_classifier):
     assert res["perturbation"]["max_linf"] <= 0.2 + 1e-6
     assert res["robust_accuracy_ci95"]["n"] == 8 and res["worst_case_draws"] == 3
     assert "worst case over 3 draws" in format_markdown(res)
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd", "bpda-free"])
+def test_attacks_leave_batchnorm_statistics_and_modes_alone(name):
+    """A model left in train() mode: the attack runs it in eval mode (no BatchNorm update, no dropout) and gives
+    every submodule its mode back."""
+    from advpure.attacks import APGD, PGD
+
+    torch.manual_seed(0)
+    clf = build_classifier("resnet8", num_classes=10).train()
+    clf.linear.eval()  # a mixed state must come back as it was
+    before = {k: v.clone() for k, v in clf.state_dict().items() if "running" in k or "num_batches" in k}
+    x, y = torch.rand(4, 3, 32, 32), torch.randint(0, 10, (4,))
+    att = {"pgd": PGD(eps=8 / 255, steps=2), "apgd": APGD(eps=8 / 255, steps=2),
+           "bpda-free": PGD(eps=8 / 255, steps=1, random_start=False)}[name]
+    att(clf, x, y)
+    after = {k: v for k, v in clf.state_dict().items() if k in before}
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert clf.training and not clf.linear.training and clf.conv1.training

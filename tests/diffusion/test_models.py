@@ -91,3 +91,22 @@ def test_load_our_checkpoint(tmp_path):
         load_denoiser(tmp_path / "m.safetensors", image_shape=(3, 32, 32))
     with pytest.raises(FileNotFoundError):
         load_denoiser(tmp_path / "other.safetensors")
+
+
+@pytest.mark.parametrize("key,value", [("prediction_type", "v_prediction"), ("prediction_type", "sample"),
+                                       ("beta_schedule", "squaredcos_cap_v2")])
+def test_diffusers_pipeline_with_another_scheduler_is_refused(tmp_path, key, value):
+    """A pipeline folder (unet/ + scheduler/) whose scheduler is not eps-prediction on the linear schedule would be
+    used wrongly by advpure's samplers: refused by name. eps + linear loads."""
+    net = build_unet("digits")
+    net.save_pretrained(tmp_path / "pipe" / "unet")
+    (tmp_path / "pipe" / "scheduler").mkdir()
+    sched = {"_class_name": "DDPMScheduler", "prediction_type": "epsilon", "beta_schedule": "linear",
+             "num_train_timesteps": 1000}
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched))
+    load_unet(tmp_path / "pipe")
+    (tmp_path / "pipe" / "scheduler" / "scheduler_config.json").write_text(json.dumps({**sched, key: value}))
+    with pytest.raises(ValueError, match=f"{key} is '{value}'"):
+        load_unet(tmp_path / "pipe")
+    with pytest.raises(ValueError, match=key):
+        load_denoiser(tmp_path / "pipe")

@@ -204,3 +204,22 @@ def test_torchrun_two_processes_equals_single(clf_path, tmp_path):
     assert b["cost"]["processes"] == 2
     assert a["per_seed"] == b["per_seed"]
     assert sorted(p.name for p in tmp_path.glob("dj.jsonl.rank*")) == ["dj.jsonl.rank0of2", "dj.jsonl.rank1of2"]
+
+
+def test_resume_reads_journals_of_another_process_count(tmp_path, digits_classifier):
+    """A run journaled by 2 processes (JOURNAL.rank0of2, JOURNAL.rank1of2) resumed by 1: nothing is recomputed and
+    the numbers are the same."""
+    j = tmp_path / "j.jsonl"
+    kw = dict(dataset="digits", classifier=digits_classifier, attack="pgd:eps=0.1,steps=2,step_size=0.05", n=24,
+              batch_size=8, seeds=[0, 1], sanity=False, progress=False, journal=j)
+    first = run_eval(**kw)
+    lines = j.read_text().splitlines()
+    header = [ln for ln in lines if '"header"' in ln]
+    batches = [ln for ln in lines if '"batch"' in ln]
+    assert len(batches) == 6
+    (tmp_path / "j.jsonl.rank0of2").write_text("\n".join(header + batches[0::2]) + "\n")
+    (tmp_path / "j.jsonl.rank1of2").write_text("\n".join(header + batches[1::2]) + "\n")
+    j.unlink()
+    again = run_eval(**kw)
+    assert again["robust_accuracy"] == first["robust_accuracy"] and again["clean_accuracy"] == first["clean_accuracy"]
+    assert '"batch"' not in j.read_text()  # every task came from the rank files

@@ -158,6 +158,22 @@ def count_forwards(model: nn.Module) -> Iterator[_Counter]:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Attack a model in eval mode (a model left in train() mode would update its BatchNorm statistics and use
+    dropout during the attack); every submodule's own mode is restored on exit."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, was in modes:
+            m.training = was
+
+
+@contextlib.contextmanager
 def grad_checkpointing(model: nn.Module, enabled: bool) -> Iterator[bool]:
     """Switch on ``grad_checkpoint`` of every submodule that has the attribute (iterative purifiers
     use :func:`advpure.attacks.checkpointing.checkpointed_loop` when it is set); restored on exit.
@@ -274,7 +290,7 @@ class Attack(abc.ABC):
         if self.seed is not None:
             gen = torch.Generator(device=x.device).manual_seed(self.seed)
         eot = self.effective_eot(model)
-        with count_forwards(model) as counter, grad_checkpointing(model, self.grad_checkpoint):
+        with count_forwards(model) as counter, grad_checkpointing(model, self.grad_checkpoint), eval_mode(model):
             x_adv = self._run(model, x.detach(), y, logits0=logits0, eot=eot, generator=gen)
         self.last_stats.forwards_per_image = (counter.images + x.shape[0]) / x.shape[0]
         self.last_stats.eot = eot
@@ -289,7 +305,7 @@ class Attack(abc.ABC):
         check_images(x, name=f"{self.name}: x")
         check_labels(y, x.shape[0], name=f"{self.name}: y")
         self._stochastic_target = is_stochastic(model)
-        with torch.no_grad():
+        with torch.no_grad(), eval_mode(model):
             logits = check_logits(model(x), x.shape[0], name=f"{self.name}: model output")
         if y.numel() and int(y.max()) >= logits.shape[1]:
             raise ValueError(f"{self.name}: label {int(y.max())} out of range for a model with {logits.shape[1]} classes")
@@ -352,6 +368,6 @@ def check_step_size(step_size: float | None) -> float | None:
     return None if step_size is None else check_positive(step_size, "step_size")
 
 
-__all__ = ["Attack", "AttackStats", "FirstSuccess", "NORMS", "check_eps", "check_norm", "count_forwards",
+__all__ = ["Attack", "AttackStats", "FirstSuccess", "NORMS", "check_eps", "check_norm", "count_forwards", "eval_mode",
            "dlr_loss", "dlr_targeted_loss", "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss",
            "perturbation_norm", "project", "random_start"]

@@ -170,8 +170,31 @@ def load_unet(folder: str | os.PathLike, *, image_shape: tuple[int, int, int] | 
         if diff:
             raise ValueError(f"{folder}: UNet config does not match the requested network ({'; '.join(diff)})")
     _check_shape(_shape_of(cfg), image_shape, str(folder))
+    check_scheduler(folder)
     net = UNet2DModel.from_pretrained(str(folder), local_files_only=True)
     return net.eval()
+
+
+#: what advpure's samplers assume of a diffusers model: eps prediction on the linear-beta DDPM schedule
+SUPPORTED_SCHEDULER = {"prediction_type": ("epsilon",), "beta_schedule": ("linear",)}
+
+
+def check_scheduler(unet_folder: Path) -> dict | None:
+    """Refuse (by name) a diffusers pipeline whose scheduler predicts something other than eps or uses another beta
+    schedule: advpure would otherwise treat its outputs as eps on the linear VP schedule, a silently wrong model.
+    Reads ``scheduler/scheduler_config.json`` beside a ``unet/`` folder, or ``scheduler_config.json`` in the folder
+    itself; returns the config (None when there is none: the README documents the eps/linear assumption)."""
+    candidates = [unet_folder / "scheduler_config.json", unet_folder.parent / "scheduler" / "scheduler_config.json"]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        return None
+    cfg = json.loads(path.read_text())
+    for key, allowed in SUPPORTED_SCHEDULER.items():
+        value = cfg.get(key, allowed[0])
+        if value not in allowed:
+            raise ValueError(f"{path}: {key} is {value!r}; advpure's samplers support {key} "
+                             f"{' or '.join(map(repr, allowed))} only (this model would be used wrongly)")
+    return cfg
 
 
 def _norm(v: Any) -> Any:

@@ -184,3 +184,38 @@ def _what_changed(old: dict, new: dict) -> str:
         else:
             parts.append(f"{k} changed")
     return ", ".join(parts)
+
+
+def read_records(path: str | os.PathLike, key: str) -> list[dict]:
+    """The complete lines of ``path`` carrying ``key``, read without locking or truncating (another process of the
+    same run may be appending to it)."""
+    out = []
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return out
+    for line in data.split(b"\n")[:-1]:  # the last piece has no newline yet: incomplete
+        try:
+            rec = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(rec, dict) and rec.get("key") == key:
+            out.append(rec)
+    return out
+
+
+def sibling_records(journal: str | os.PathLike | None, own: Path | None, key: str) -> list[dict]:
+    """Records of this run in the journal's other files: ``JOURNAL`` itself and ``JOURNAL.rank{r}of{w}`` for any
+    process count, except ``own`` (the file this process writes)."""
+    if journal is None:
+        return []
+    import re
+
+    base = Path(journal)
+    pattern = re.compile(re.escape(base.name) + r"(\.rank\d+of\d+)?")
+    out: list[dict] = []
+    if base.parent.is_dir():
+        for p in sorted(base.parent.iterdir()):
+            if pattern.fullmatch(p.name) and (own is None or p.resolve() != own.resolve()):
+                out += read_records(p, key)
+    return out

@@ -28,7 +28,7 @@ from .. import __version__
 from ..attacks.base import Attack, is_stochastic
 from ..contracts import check_int
 from ..specs import SpecContext, build
-from .journal import Journal, args_key, content_digest, strict_json, tensor_digest
+from .journal import Journal, args_key, content_digest, sibling_records, strict_json, tensor_digest
 from .metrics import interval95, mean_std, merge_perturbation_stats, perturbation_stats, success_rate
 from .protocol import Protocol, correct_draws, summarize
 from .sanity import BLOCKING, WARN, run_sanity_checks
@@ -242,11 +242,15 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     if journal is not None:
         jpath = Path(journal) if world == 1 else Path(f"{journal}.rank{rank}of{world}")
     jr = Journal(jpath, key, identity)
+    # finished tasks of this run written by any process count (JOURNAL, JOURNAL.rank{r}of{w}): resuming with another
+    # number of processes reuses them (each task's result does not depend on which process ran it)
+    shared = {(r["seed"], r["batch"]): r for r in sibling_records(journal, jpath, key) if r.get("type") == "batch"}
+    shared.update({(r["seed"], r["batch"]): r for r in jr.of_type("batch")})
 
     n_batches = (n + batch_size - 1) // batch_size
     tasks = [(s, b) for s in seeds for b in range(n_batches)]
     mine = tasks[rank::world]
-    done = {(r["seed"], r["batch"]) for r in jr.of_type("batch")}
+    done = set(shared)
     todo = [t for t in mine if t not in done]
 
     bar = None
@@ -284,7 +288,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
     if bar is not None:
         bar.close()
 
-    records = [r for r in jr.of_type("batch") if (r["seed"], r["batch"]) in set(mine)]
+    shared.update({(r["seed"], r["batch"]): r for r in jr.of_type("batch")})
+    records = [shared[t] for t in mine if t in shared]
     # ---- merge across ranks
     if world > 1:
         import torch.distributed as dist
