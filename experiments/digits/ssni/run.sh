@@ -4,7 +4,8 @@
 # 0,1,2, 20 fresh evaluation draws, sanity checks on 32 images (their more-iterations check, 2x steps and 2x EOT,
 # is the convergence evidence). Writes reports/digits/ssni/<row>.{json,md}; resumable (journals in runs/).
 # Rows ending in -strong use the ensemble's default strength (steps 50, EOT 8, full-gradient steps 20) without the
-# sanity checks (time); the others use steps 20, EOT 4, full-gradient steps 10 with the sanity checks.
+# sanity checks (time); the others use steps 20, EOT 4, full-gradient steps 10 with the sanity checks. SEEDS=0 runs
+# one seed (the -strong rows were run so on the 2-core machine); outputs are named after the row and the seeds.
 # usage: experiments/digits/ssni/run.sh [ROW...]
 #   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, and diffpure-strong ssni-n-strong ssni-l-strong
 set -euo pipefail
@@ -13,7 +14,7 @@ OUT=reports/digits/ssni
 mkdir -p "$OUT" runs/digits-ssni
 A="standard:eps=0.2,steps=20,eot=4,full_steps=10"
 A_STRONG="standard:eps=0.2"
-common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size 32 --seeds 0,1,2
+common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size 32 --seeds "${SEEDS:-0,1,2}"
         --no-progress)
 D="t=0.1,steps=20,checkpoint=true"
 declare -A SPEC=(
@@ -29,6 +30,7 @@ declare -A SPEC=(
 )
 rows=("$@")
 [ ${#rows[@]} -eq 0 ] && rows=(diffpure ssni-n ssni-l)
+sfx=""; [ "${SEEDS:-0,1,2}" != "0,1,2" ] && sfx="-seeds${SEEDS//,/_}"
 for row in "${rows[@]}"; do
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
@@ -37,6 +39,6 @@ for row in "${rows[@]}"; do
     *) extra=(--attack "$A" --sanity-n 32 --sanity-queries 200) ;;
   esac
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${common[@]}" "${extra[@]}" --defense "$spec" \
-    --out "$OUT/$row.json" --journal "runs/digits-ssni/$row.jsonl" > "$OUT/$row.md"
+    --out "$OUT/$row$sfx.json" --journal "runs/digits-ssni/$row$sfx.jsonl" > "$OUT/$row$sfx.md"
 done
 echo "done $(date +%T)"
