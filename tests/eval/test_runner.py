@@ -223,3 +223,27 @@ def test_resume_reads_journals_of_another_process_count(tmp_path, digits_classif
     again = run_eval(**kw)
     assert again["robust_accuracy"] == first["robust_accuracy"] and again["clean_accuracy"] == first["clean_accuracy"]
     assert '"batch"' not in j.read_text()  # every task came from the rank files
+
+
+def test_stale_journal_in_the_cli(tmp_path, digits_classifier, capsys):
+    """The issue's scenario on the command line: evaluate m.safetensors with a journal, retrain into the same path,
+    evaluate again with the same journal: one line naming the changed classifier, exit 2, no stale accuracy."""
+    import copy
+
+    from advpure.cli import main
+    from advpure.models import save_classifier
+
+    m = tmp_path / "m.safetensors"
+    save_classifier(digits_classifier, m, dataset="digits")
+    args = ["eval", "--dataset", "digits", "--classifier", str(m), "--n", "16", "--batch-size", "16",
+            "--journal", str(tmp_path / "j.jsonl"), "--out", str(tmp_path / "r.json"), "--no-progress"]
+    assert main(args) == 0
+    retrained = copy.deepcopy(digits_classifier)
+    with torch.no_grad():
+        for prm in retrained.parameters():
+            prm.mul_(-1.0)
+    save_classifier(retrained, m, dataset="digits")  # same path, other weights
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifier changed" in err[0] and "Traceback" not in err[0]
