@@ -7,7 +7,10 @@
 # sanity checks (time); the others use steps 20, EOT 4, full-gradient steps 10 with the sanity checks. SEEDS=0 runs
 # one seed (the -strong rows were run so on the 2-core machine); outputs are named after the row and the seeds.
 # usage: experiments/digits/ssni/run.sh [ROW...]
-#   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, and diffpure-strong ssni-n-strong ssni-l-strong
+#   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, diffpure-strong ssni-n-strong ssni-l-strong, and
+#   ssni-l-nosanity (the reduced SSNI-L row without the sanity checks, as reported, written to ssni-l.json)
+# Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; SEEDS=0 experiments/digits/ssni/run.sh
+#   ssni-n-strong diffpure-strong
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
@@ -27,6 +30,7 @@ declare -A SPEC=(
   [diffpure-strong]="diffpure:$D"
   [ssni-n-strong]="ssni:$D,mode=N"
   [ssni-l-strong]="ssni:$D,mode=L"
+  [ssni-l-nosanity]="ssni:$D,mode=L"
 )
 rows=("$@")
 [ ${#rows[@]} -eq 0 ] && rows=(diffpure ssni-n ssni-l)
@@ -34,11 +38,13 @@ sfx=""; [ "${SEEDS:-0,1,2}" != "0,1,2" ] && sfx="-seeds${SEEDS//,/_}"
 for row in "${rows[@]}"; do
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
+  out_row=$row
   case $row in
     *-strong) extra=(--attack "$A_STRONG" --no-sanity) ;;
+    *-nosanity) extra=(--attack "$A" --no-sanity); out_row=${row%-nosanity} ;;
     *) extra=(--attack "$A" --sanity-n 32 --sanity-queries 200) ;;
   esac
   OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${common[@]}" "${extra[@]}" --defense "$spec" \
-    --out "$OUT/$row$sfx.json" --journal "runs/digits-ssni/$row$sfx.jsonl" > "$OUT/$row$sfx.md"
+    --out "$OUT/$out_row$sfx.json" --journal "runs/digits-ssni/$out_row$sfx.jsonl" > "$OUT/$out_row$sfx.md"
 done
 echo "done $(date +%T)"
