@@ -185,3 +185,14 @@ def test_run_eval_reports_convergence(digits_classifier):
     conv = res["convergence"]
     assert conv["curve"][0]["factor"] == 1 and conv["curve"][0]["robust"] == res["robust_accuracy"]["mean"]
     assert len(conv["curve"]) >= 2 and "convergence" in format_markdown(res)
+
+
+def test_attack_object_protocol_is_reported_as_run(digits_classifier):
+    """An attack object passed to run_eval is described with its own early_stop setting (it used to be reported as
+    early-stopping when it ran without)."""
+    from advpure.eval.runner import run_eval
+
+    res = run_eval(dataset="digits", classifier=digits_classifier, attack=PGD(eps=0.2, steps=2, early_stop=False),
+                   n=8, sanity=False, progress=False)
+    assert res["protocol"]["early_stop"] is False and res["protocol"]["early_stop_applied"] is False
+    assert "last iterate" in res["protocol"]["statement"]

@@ -225,6 +225,8 @@ def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Mod
             att = att.replace(early_stop=protocol.early_stop)
     else:
         att = attack
+    if att is not None:  # an attack object or a spec that sets early_stop keeps it: report what runs
+        protocol = Protocol(eval_draws=eval_draws, early_stop=bool(getattr(att, "early_stop", protocol.early_stop)))
     draws = protocol.draws_for(model)
 
     config = {
