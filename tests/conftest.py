@@ -7,6 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from advpure.threads import apply as _apply_threads
+
+# the project's thread default (1 on machines with <= 2 CPUs unless OMP_NUM_THREADS says otherwise): torch's own
+# default oversubscribes a shared 2-core machine (a fresh-clone run took 878 s of tests beside a 1-thread job)
+_apply_threads()
+
 REPO = Path(__file__).resolve().parents[1]
 ZOO_DIGITS = REPO / "zoo" / "digits-small-cnn.safetensors"
 
