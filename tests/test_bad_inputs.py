@@ -415,9 +415,16 @@ def test_threads_default_is_sane(monkeypatch):
 
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert threads.default_threads() == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "0")  # not a valid count: ignored
+    monkeypatch.setattr(threads, "_TORCH_DEFAULT", 8)
+    # the documented rule, case by case: 1 thread on <= 2 CPUs; else min(CPUs, torch's default, 4)
+    for cpus, torch_default, expected in [(1, 8, 1), (2, 8, 1), (3, 8, 3), (3, 2, 2), (16, 8, 4), (16, 16, 4)]:
+        monkeypatch.setattr(threads, "usable_cpus", lambda c=cpus: c)
+        monkeypatch.setattr(threads, "_TORCH_DEFAULT", torch_default)
+        assert threads.default_threads() == expected, (cpus, torch_default)
     monkeypatch.delenv("OMP_NUM_THREADS")
-    n = threads.default_threads()
-    assert 1 <= n <= threads.MAX_DEFAULT_THREADS and (threads.usable_cpus() > 2 or n == 1)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 2)
+    assert threads.default_threads() == 1
     before = torch.get_num_threads()
     try:
         assert threads.apply(1) == 1 and torch.get_num_threads() == 1
