@@ -105,3 +105,20 @@ def check_writable(path: str | os.PathLike, option: str = "--out", kind: str = "
     if why:
         raise fail(why)
     return p
+
+
+def given_data_path(dataset: str, data_dir: "str | os.PathLike | None", env_var: str) -> "Path | None":
+    """The data location a user gave for ``dataset``: ``data_dir`` (an option), else the environment variable
+    ``env_var``; None when neither is set. A given path that does not exist is an error naming where it came from."""
+    if data_dir is not None:
+        p = Path(data_dir).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{dataset}: data path {p} does not exist")
+        return p
+    env = os.environ.get(env_var)
+    if env:
+        p = Path(env).expanduser()
+        if not p.exists():
+            raise FileNotFoundError(f"{dataset}: {env_var}={env} does not exist")
+        return p
+    return None

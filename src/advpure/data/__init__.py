@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..paths import data_dir as _env_data_dir
+from ..paths import given_data_path
 from .base import ImageSet, subset_indices
 from .digits import load_digits
 from .folders import CIFAR10_CLASSES, load_folder_dataset
@@ -31,20 +32,12 @@ _CIFAR_CANDIDATES = ("cifar-10-batches-py", "cifar-10-python.tar.gz", "cifar10",
 def resolve_cifar10(data_dir: str | os.PathLike | None = None) -> Path:
     """Where CIFAR-10 is read from; a clear error listing what was tried when nowhere."""
     tried = []
-    if data_dir is not None:
-        p = Path(data_dir).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"cifar10: data path {p} does not exist")
-        if p.is_dir():
+    p = given_data_path("cifar10", data_dir, "ADVPURE_CIFAR10")
+    if p is not None:
+        if data_dir is not None and p.is_dir():
             for c in _CIFAR_CANDIDATES:
                 if (p / c).exists():
                     return p / c
-        return p
-    env = os.environ.get("ADVPURE_CIFAR10")
-    if env:
-        p = Path(env).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"cifar10: ADVPURE_CIFAR10={env} does not exist")
         return p
     tried.append("ADVPURE_CIFAR10 (unset)")
     root = _env_data_dir()

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from ..paths import data_dir as _env_data_dir
+from ..paths import given_data_path
 from .base import ImageSet, subset_indices
 
 #: dataset name -> (shorter side after resizing, center-crop size)
@@ -124,16 +125,8 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
 def resolve_imagenet(data_dir: str | os.PathLike | None = None) -> Path:
     """The ImageNet root (holding ``val/`` and/or ``train/``): ``data_dir``, else ``$ADVPURE_IMAGENET``, else
     ``$ADVPURE_DATA/imagenet``."""
-    if data_dir is not None:
-        p = Path(data_dir).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"imagenet: data path {p} does not exist")
-        return p
-    env = os.environ.get("ADVPURE_IMAGENET")
-    if env:
-        p = Path(env).expanduser()
-        if not p.exists():
-            raise FileNotFoundError(f"imagenet: ADVPURE_IMAGENET={env} does not exist")
+    p = given_data_path("imagenet", data_dir, "ADVPURE_IMAGENET")
+    if p is not None:
         return p
     root = _env_data_dir()
     if root is not None and (root / "imagenet").is_dir():
