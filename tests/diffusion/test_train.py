@@ -73,3 +73,21 @@ def test_small_t_model_refuses_larger_t_and_draws_purification_grid(tmp_path):
     assert ssni.t_ceil == 0.2  # defaults to the model's range
     with pytest.raises(ValueError, match=r"t_max \(0.2\)"):
         SSNI(DiffPure(eps_model, t=0.1), reference=ref, t_ceil=0.5)
+
+
+def test_t_focus_resumes_exactly_and_refuses_other_settings(tmp_path):
+    kw = dict(seed=3, t_max=0.2, t_focus=(0.1, 0.75))
+    a = _train(tmp_path / "a", 4, **kw)
+    _train(tmp_path / "b", 2, **kw)
+    b = _train(tmp_path / "b", 4, resume=True, **kw)
+    wa, wb = load_file(a["weights"]), load_file(b["weights"])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["sidecar"]["t_focus"] == [0.1, 0.75]
+    # the focus changes what is drawn, hence the weights
+    u = _train(tmp_path / "u", 4, seed=3, t_max=0.2)
+    assert not torch.equal(load_file(u["weights"])["conv_in.weight"], wa["conv_in.weight"])
+    with pytest.raises(ValueError, match="t_focus"):
+        _train(tmp_path / "b", 6, resume=True, seed=3, t_max=0.2)  # no focus now: another setting
+    for bad in ((0.3, 0.5), (0.1, 1.0), (0.0005, 0.5)):
+        with pytest.raises(ValueError, match="t_focus"):
+            _train(tmp_path / "x", 2, t_max=0.2, t_focus=bad)

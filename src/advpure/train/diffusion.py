@@ -5,7 +5,11 @@ Loss (Ho et al. 2020, Eq. 14, in continuous time as Song et al. 2021): for image
 with the VP SDE schedule (beta in [0.1, 20]); ``--time discrete`` draws ``t = n/1000``, n ~ U{1..1000 t_max}
 instead. The network is a diffusers ``UNet2DModel`` fed ``timestep = 1000 t - 1``
 (:class:`advpure.diffusion.models.DiscreteTimeAdapter`), so checkpoints load like pretrained diffusers DDPMs.
-``t_max < 1`` trains only the noise levels a purifier uses (DiffPure needs t <= t*).
+``t_max < 1`` trains only the noise levels a purifier uses (DiffPure needs t <= t*). ``t_focus=(t_f, share)``
+draws a ``share`` of each batch from ``U(t_min, t_f)`` and the rest from ``U(t_f, t_max)``: the reverse
+process of DiffPure at t* = 0.1 spends all its steps on t <= 0.1 and SSNI's EPS uses t <= 0.02, so a model
+for t <= 0.2 can put most of its capacity there (the loss stays an unbiased estimate per noise level; only
+the weighting over t changes).
 
 Adam, EMA of the weights (the EMA is what gets saved), seeded, resumable (``<name>.state.pt``: weights,
 EMA, optimizer, step and RNG states; read back with ``weights_only=True``), sample grid PNG at the end.
@@ -83,8 +87,8 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
                     t_max: float = 1.0, t_min: float = 1e-3, time_sampling: str = "continuous", lr: float = 2e-3,
                     ema_decay: float = 0.999, seed: int = 0, resume: bool = False, preset: str | None = None,
                     data_dir: str | None = None, device: str | torch.device | None = None, name: str | None = None,
-                    save_every: int = 1000, grid: bool = True, grid_steps: int = 500, progress: bool = True
-                    ) -> dict[str, Any]:
+                    save_every: int = 1000, grid: bool = True, grid_steps: int = 500, progress: bool = True,
+                    t_focus: tuple[float, float] | None = None) -> dict[str, Any]:
     """Train and save ``<out>/<name>.safetensors`` (EMA weights) + sidecar; returns a summary dict.
 
     ``name`` defaults to ``<dataset>-ddpm``. ``resume=True`` continues from ``<out>/<name>.state.pt``
@@ -96,6 +100,13 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
     check_positive(t_min, "t_min")
     if not (t_min < t_max <= 1):
         raise ValueError(f"expected 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
+    if t_focus is not None:
+        t_f, share = (float(v) for v in t_focus)
+        if not (t_min < t_f < t_max) or not (0 < share < 1):
+            raise ValueError(f"t_focus=(t, share) needs t_min < t < t_max and 0 < share < 1, got {t_focus} "
+                             f"with t_min={t_min}, t_max={t_max}")
+        if time_sampling != "continuous":
+            raise ValueError("t_focus works with time_sampling='continuous' only")
     if time_sampling not in ("continuous", "discrete"):
         raise ValueError(f"time_sampling must be 'continuous' or 'discrete', got {time_sampling!r}")
     if not (0 <= ema_decay < 1):
@@ -131,6 +142,14 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         from ..checkpoint import torch_load_weights
 
         st = torch_load_weights(state_path, map_location=dev)
+        now = {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed,
+               "t_focus": list(t_focus) if t_focus is not None else None, "lr": lr, "batch_size": batch_size,
+               "ema_decay": ema_decay}
+        differ = [f"{k}: saved {st['config'][k]!r}, now {v!r}" for k, v in now.items()
+                  if k in st.get("config", {}) and st["config"][k] != v]
+        if differ:
+            raise ValueError(f"--resume: {state_path} was trained with other settings ({'; '.join(differ)}); "
+                             "resume with the same settings or start a new --name")
         net.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["optimizer"])
@@ -145,6 +164,7 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         model = DDP(net, device_ids=[dev.index] if cuda else None)
     sched = VPSchedule()
     flip = dataset == "cifar10"
+    t_f, t_f_share = t_focus if t_focus is not None else (None, None)
 
     def save_state() -> None:
         if rank != 0:
@@ -153,7 +173,9 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         tmp = state_path.with_suffix(".tmp")
         torch.save({"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
                     "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "config": {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed}}, tmp)
+                    "config": {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed,
+                               "t_focus": list(t_focus) if t_focus is not None else None, "lr": lr,
+                               "batch_size": batch_size, "ema_decay": ema_decay}}, tmp)
         os.replace(tmp, state_path)
 
     from tqdm.auto import tqdm
@@ -168,7 +190,11 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         if flip:
             m = torch.rand(batch_size, generator=gen, device=dev) < 0.5
             x0 = torch.where(m[:, None, None, None], x0.flip(-1), x0)
-        if time_sampling == "continuous":
+        if t_focus is not None:
+            u = torch.rand(batch_size, generator=gen, device=dev)
+            low = torch.rand(batch_size, generator=gen, device=dev) < t_f_share
+            t = torch.where(low, t_min + (t_f - t_min) * u, t_f + (t_max - t_f) * u)
+        elif time_sampling == "continuous":
             t = t_min + (t_max - t_min) * torch.rand(batch_size, generator=gen, device=dev)
         else:
             n_max = max(1, round(t_max * 1000))
@@ -208,7 +234,8 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
     meta = save_weights(ema.state_dict(), weights, {
         "kind": "diffusion", "format": "diffusers UNet2DModel, eps prediction", "preset": preset,
         "unet_config": cfg, "dataset": dataset, "image_shape": list(data.shape[1:]), "t_max": t_max, "t_min": t_min,
-        "time_sampling": time_sampling, "schedule": sched.describe(), "time_convention": TIME_CONVENTION,
+        "time_sampling": time_sampling, "t_focus": list(t_focus) if t_focus is not None else None,
+        "schedule": sched.describe(), "time_convention": TIME_CONVENTION,
         "n_steps": 1000, "training_steps": step, "batch_size": batch_size, "world_size": world, "lr": lr,
         "ema_decay": ema_decay, "seed": seed, "final_loss": result["final_loss"],
         "train_seconds_this_run": round(seconds, 1), "torch_threads": torch.get_num_threads(), "device": str(dev),
@@ -249,13 +276,22 @@ def _handler(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = train_diffusion(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, out=args.out,
                           t_max=args.t_max, time_sampling=args.time, lr=args.lr, seed=args.seed, resume=args.resume,
-                          preset=args.preset, data_dir=args.data_dir, device=args.device, name=args.name)
+                          preset=args.preset, data_dir=args.data_dir, device=args.device, name=args.name,
+                          t_focus=args.t_focus, ema_decay=args.ema_decay, save_every=args.save_every)
     if "weights" in res:
         loss = "n/a (no step in this run)" if res["final_loss"] is None else f"{res['final_loss']:.4f}"
         print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {loss})")
         if "grid" in res:
             print(f"sample grid: {res['grid']}")
     return 0
+
+
+def _focus(text: str) -> tuple[float, float]:
+    try:
+        t, share = (float(v) for v in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--t-focus expects T:SHARE such as 0.1:0.75, got {text!r}") from None
+    return t, share
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -269,6 +305,10 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--t-max", type=float, default=1.0, help="train noise levels t in (t_min, t_max] only (default 1.0)")
     p.add_argument("--time", choices=("continuous", "discrete"), default="continuous", help="time sampling")
     p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--t-focus", type=_focus, default=None, metavar="T:SHARE",
+                   help="draw SHARE of each batch from t <= T, the rest from T < t <= t_max (default: uniform)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default 0.999)")
+    p.add_argument("--save-every", type=int, default=1000, help="write the resumable state every N steps (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--preset", default=None, help="UNet preset (default from dataset: digits, cifar10-small)")
     p.add_argument("--data-dir", default=None, help="dataset source (e.g. CIFAR-10 tar.gz)")
