@@ -51,7 +51,7 @@ class CWL2(Attack):
                 f = torch.clamp(-margin_loss(logits, y), min=-self.kappa)
                 loss = (l2sq + c * f).sum()
                 opt.zero_grad()
-                loss.backward()
+                w.grad, = torch.autograd.grad(loss, [w])  # not backward(): no gradient lands on the model's weights
                 opt.step()
                 with torch.no_grad():
                     fooled = logits.argmax(1) != y

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
-from .base import Attack, check_step_size, project, random_start
+from .base import Attack, FirstSuccess, check_step_size, project, random_start
 
 
 # --------------------------------------------------------------------------- detector statistics
@@ -143,14 +143,30 @@ def _dad_parts(model: nn.Module):
     return defense, clf
 
 
+class _PathAttack(Attack):
+    """An attack that runs the defense's parts (DAD's denoiser, the classifier) instead of ``model.forward``, which
+    :meth:`Attack.__call__` counts: the images its ``_run`` passes through the classifier (``_path_images``) are
+    added to ``last_stats.forwards_per_image``."""
+
+    _path_images = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._path_images = 0
+        x_adv = super().__call__(model, x, y)
+        self.last_stats.forwards_per_image += self._path_images / x.shape[0]
+        return x_adv
+
+
 # --------------------------------------------------------------------------- (a) and (c): the denoiser path
-class DADPathPGD(Attack):
+class DADPathPGD(_PathAttack):
     """linf/l2 PGD on CE(f(g(x + n)), y) + mmd_weight * MMD^2_u(x, R) through DAD's denoiser, EOT over n.
 
     ``mmd_weight=1`` is the DAD authors' adaptive attack (CE + MMD), ``0`` the plain full-gradient attack
     on the denoiser path. Defaults: 100 steps, step size 2.5 eps / steps (Madry et al.), EOT 8, random start.
     The model must be a DefendedClassifier around a DAD defense; the MMD term is the batch's MMD^2_u in batch
-    mode and the mean per-sample score in sample mode.
+    mode and the mean per-sample score in sample mode. Against a deterministic model (DAD without noise and with
+    a deterministic decision) misclassified clean images are returned unchanged and ``early_stop`` keeps each
+    image's first iterate that fools the real model (the protocol of :mod:`advpure.attacks.base`).
     """
 
     name = "dad-path-pgd"
@@ -170,10 +186,15 @@ class DADPathPGD(Attack):
             raise ValueError(f"{self.name}: the MMD term needs a batch of at least 2 images, got {x.shape[0]}")
         alpha = self.step_size or 2.5 * self.eps / self.steps
         x_adv = random_start(x, norm=self.norm, eps=self.eps, generator=generator) if self.random_start else x.clone()
+        # deterministic model (the protocol of advpure.attacks.base): misclassified clean images stay as they are,
+        # and with early_stop each image keeps the first iterate that fools the real model
+        skip = self.skip_mask(logits0, y)
+        tracker = FirstSuccess(x) if self.early_stop_active else None
         for _ in range(self.steps):
             xr = x_adv.detach().repeat(eot, 1, 1, 1).requires_grad_(True)
             with torch.enable_grad():
                 logits = clf(dad.denoise(xr, generator=generator))
+                self._path_images += xr.shape[0]
                 ce = F.cross_entropy(logits, y.repeat(eot), reduction="none").view(eot, -1).mean(0)
                 obj = ce.mean()
                 if det is not None:
@@ -183,12 +204,17 @@ class DADPathPGD(Attack):
             grad = grad.view(eot, *x.shape).sum(0)
             step = grad.sign() if self.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
             x_adv = project(x_adv + alpha * step, x, norm=self.norm, eps=self.eps).detach()
+            if tracker is not None:
+                with torch.no_grad():
+                    tracker.update(x_adv, model(x_adv).argmax(1) != y)
         self.last_stats.iterations = self.steps
-        return x_adv
+        if tracker is not None:
+            x_adv = tracker.result(x_adv)
+        return torch.where(skip.view(-1, *([1] * (x.dim() - 1))), x, x_adv)
 
 
 # --------------------------------------------------------------------------- (b) stay undetected
-class DetectorAwarePGD(Attack):
+class DetectorAwarePGD(_PathAttack):
     """Maximise the classifier's loss on the undetected path under the constraint S(x) <= margin * T(x).
 
     Options: ``steps`` (100), ``step_size`` (2.5 eps / steps), ``margin`` (0.5: stay well below the threshold,
@@ -241,6 +267,7 @@ class DetectorAwarePGD(Attack):
             x_adv.requires_grad_(True)
             with torch.enable_grad():
                 logits = clf(x_adv)
+                self._path_images += n
                 ce = F.cross_entropy(logits, y, reduction="none")
                 s = det.statistic(x_adv)
                 t = det.threshold(x_adv)

@@ -181,7 +181,10 @@ class DAD(Purifier):
         self.batch_thresholds: dict[int, float] = {}
         self.sample_threshold: float | None = None
         self.last_flags: torch.Tensor | None = None  # which inputs the last call denoised
-        for p in self.kernel.parameters():
+        # both networks are frozen (as every purifier's): attacks differentiate through them with respect to the
+        # input only, and a backward pass must not leave gradients on the defense's weights
+        den_params = list(denoiser.parameters()) if isinstance(denoiser, nn.Module) else []
+        for p in [*self.kernel.parameters(), *den_params]:
             p.requires_grad_(False)
         with torch.no_grad():
             self._ref_emb = kernel.embed(self.reference)
