@@ -319,7 +319,7 @@ def test_cli_usage_errors_exit_2(argv, culprit, capsys):
 
 def test_version_debug_and_interrupt(a, tmp_path, capsys, monkeypatch):
     import advpure
-    import advpure.eval.cli as eval_cli
+    import advpure.cli.eval as eval_cli
 
     with pytest.raises(SystemExit) as e:
         main(["--version"])

@@ -10,8 +10,9 @@ torch.set_num_threads(1)
 from advpure.models import load_classifier
 from advpure.defenses.dad import DAD, load_denoiser
 from advpure.detect.kernels import load_kernel
-from advpure.detect.mmd_opt import make_adversarial, test_power, type1_error
-from advpure.eval.discrepancy import mixed_batch_table, split_reference
+from advpure.attacks.pgd import make_adversarial
+from advpure.detect.mmd_opt import test_power, type1_error
+from advpure.experiments.dad_attacks import mixed_batch_table, split_reference
 
 D = "../shared/data/cifar10-jpeg.tar.gz"
 clf = load_classifier("resnet56:../shared/models/resnet56-4bfd9763.th")

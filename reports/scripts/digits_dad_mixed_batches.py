@@ -4,10 +4,11 @@ torch.set_num_threads(1)
 from advpure.models import load_classifier
 from advpure.data import load_dataset
 from advpure.detect import build_deep_kernel
-from advpure.detect.mmd_opt import make_adversarial, train_kernel, test_power, type1_error
+from advpure.attacks.pgd import make_adversarial
+from advpure.detect.mmd_opt import train_kernel, test_power, type1_error
 from advpure.defenses.dad import DAD, ResidualUNet, add_noise
 from advpure.train.denoiser import train_denoiser
-from advpure.eval.discrepancy import mixed_batch_table
+from advpure.experiments.dad_attacks import mixed_batch_table
 EPS = 0.2; M = 50
 clf = load_classifier("zoo/digits-small-cnn.safetensors")
 for p in clf.parameters(): p.requires_grad_(False)

@@ -94,6 +94,7 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
 
 
 def names(kind: str) -> list[str]:
+    """The registered spec names of ``kind`` ("defense", "attack", "detector", ...), sorted."""
     _import_plugins()
     return sorted(_REGISTRY.get(kind, {}))
 

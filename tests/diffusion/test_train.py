@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from advpure.diffusion import load_denoiser
-from advpure.train.diffusion import register, train_diffusion
+from advpure.cli.train import add_diffusion
+from advpure.train.diffusion import train_diffusion
 
 
 def _train(out, steps, **kw):
@@ -45,7 +46,7 @@ def test_bad_arguments(tmp_path):
 def test_cli_registration():
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers()
-    register(sub)
+    add_diffusion(sub)
     args = parser.parse_args(["diffusion", "--dataset", "digits", "--steps", "5", "--batch-size", "4",
                               "--out", "x", "--t-max", "0.2", "--resume"])
     assert args.steps == 5 and args.batch_size == 4 and args.t_max == 0.2 and args.resume and callable(args.func)

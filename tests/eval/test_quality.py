@@ -116,7 +116,7 @@ def test_quality_report():
 
 
 def test_purification_figure_writes_png(tmp_path):
-    from advpure.eval.figures import purification_figure
+    from advpure.experiments.figures import purification_figure
 
     for c in (1, 3):
         x, adv = _pair(3, c, 8, 8, seed=c)
@@ -131,7 +131,7 @@ def test_purification_figure_writes_png(tmp_path):
 
 
 def test_corruption_grid_writes_png(tmp_path):
-    from advpure.eval.figures import corruption_grid
+    from advpure.experiments.figures import corruption_grid
 
     x = _pair(1, 1, 8, 8)[0].float()
     out = corruption_grid(x, tmp_path / "grid.png", severities=(1, 5), names=("fog", "contrast"))

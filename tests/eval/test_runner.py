@@ -48,7 +48,7 @@ def _env():
 
 
 def _cli(clf_path, out, journal=None, *, n=60, batch=10, steps=5, seeds="0,1"):
-    cmd = [sys.executable, "-m", "advpure.eval.cli", "--dataset", "digits", "--classifier", str(clf_path),
+    cmd = [sys.executable, "-m", "advpure.cli.eval", "--dataset", "digits", "--classifier", str(clf_path),
            "--attack", f"pgd:eps=0.1,steps={steps},step_size=0.02", "--n-samples", str(n), "--batch-size", str(batch),
            "--seeds", seeds, "--out", str(out), "--no-progress", "--no-sanity"]
     if journal:
@@ -198,7 +198,7 @@ def test_torchrun_two_processes_equals_single(clf_path, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = str(sock.getsockname()[1])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-           "-m", "advpure.eval.cli", *_cli(clf_path, dist_out, tmp_path / "dj.jsonl", n=40, batch=8)[3:]]
+           "-m", "advpure.cli.eval", *_cli(clf_path, dist_out, tmp_path / "dj.jsonl", n=40, batch=8)[3:]]
     subprocess.run(cmd, check=True, env=_env(), cwd=tmp_path, timeout=300)
     a, b = _inprocess(clf_path, n=40, batch=8), json.loads(dist_out.read_text())
     assert b["cost"]["processes"] == 2

@@ -32,7 +32,7 @@ from ..contracts import check_int, check_positive
 from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps
 from ..diffusion.schedule import DiscreteSchedule, _bcast
-from ..eval.quality import ssim
+from ..ops.ssim import ssim
 from ..specs import SpecContext, register
 
 OUTPUTS = ("logits", "probs")
@@ -111,9 +111,10 @@ class DistributionTransfer(DiffusionPurifier):
         xt = _bcast(self.schedule.alpha(t0), x) * x_ref_0 + _bcast(self.schedule.std(t0), x) * z
         guidance = None
         if self.scale > 0:
-            guidance = lambda xt_, t, s, _noise: self.guidance_direction(xt_, t, x_ref_0, z)  # noqa: E731
+            guidance = lambda xt_, t, s, _noise, ref, z0: self.guidance_direction(xt_, t, ref, z0)  # noqa: E731
         out = ddpm_ancestral(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(self.t, self.steps),
-                             generator=generator, checkpoint=self.grad_checkpoint, guidance=guidance, clip_x0=True)
+                             generator=generator, checkpoint=self.grad_checkpoint, guidance=guidance,
+                             guidance_inputs=(x_ref_0, z), clip_x0=True)
         return self.to_image_space(out)
 
     def with_steps(self, steps: int) -> "DistributionTransfer":

@@ -23,45 +23,15 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
 from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse
 from ..diffusion.schedule import DiscreteSchedule
+from ..ops.ssim import ssim
 from ..specs import SpecContext, register
 
 GUIDES = ("ssim", "mse")
-
-
-def _gaussian_window(size: int, sigma: float, channels: int, like: torch.Tensor) -> torch.Tensor:
-    g = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-    g = torch.exp(-(g * g) / (2 * sigma * sigma))
-    g = g / g.sum()
-    w = (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
-    return w
-
-
-def _ssim_map(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, window: int = 11,
-              sigma: float = 1.5) -> torch.Tensor:
-    """Local SSIM map (Wang et al. 2004, Eq. 13), Gaussian window, zero-padded 'same' convolution."""
-    c = x.shape[1]
-    w = _gaussian_window(window, sigma, c, x)
-    pad = window // 2
-    conv = lambda z: F.conv2d(z, w, padding=pad, groups=c)  # noqa: E731
-    mu_x, mu_y = conv(x), conv(y)
-    sxx = conv(x * x) - mu_x * mu_x
-    syy = conv(y * y) - mu_y * mu_y
-    sxy = conv(x * y) - mu_x * mu_y
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (sxx + syy + c2))
-
-
-def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, window: int = 11, sigma: float = 1.5
-         ) -> torch.Tensor:
-    """Per-image SSIM (Wang et al. 2004, Eq. 13) with an 11x11 Gaussian window (sigma 1.5), zero-padded
-    'same' convolution as in pytorch_ssim (used by the GDMP authors); differentiable. Returns shape (N,)."""
-    return _ssim_map(x, y, data_range=data_range, window=window, sigma=sigma).flatten(1).mean(1)
 
 
 def _similarity_grad(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -71,7 +41,8 @@ def _similarity_grad(kind: str, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     npix = float(x[0].numel())
 
     def _sim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ssim((a + 1) * 0.5, (b + 1) * 0.5).sum() * npix
+        # SSIM as pytorch_ssim (the authors' code) computes it: 11x11 Gaussian window, zero-padded 'same' windows
+        return ssim((a + 1) * 0.5, (b + 1) * 0.5, win_size=11, sigma=1.5, padding="same").sum() * npix
 
     if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
         xi = x if x.requires_grad else x.detach().requires_grad_(True)
@@ -117,17 +88,19 @@ class GDMP(DiffusionPurifier):
     def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         target = self.to_model_space(x)
 
-        def guidance(xt: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        def guidance(xt: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, y0: torch.Tensor
+                     ) -> torch.Tensor:
             # y_t: the input diffused to the current level, with fresh noise at every step
             a, sd = self.schedule.alpha(t).view(-1, 1, 1, 1), self.schedule.std(t).view(-1, 1, 1, 1)
-            return self.scale * _similarity_grad(self.guide, xt, a * target + sd * noise)
+            return self.scale * _similarity_grad(self.guide, xt, a * y0 + sd * noise)
 
         z = target
         for _ in range(self.iterations):
             xt = diffuse(z, self.t, self.schedule, generator)
             z = ddpm_ancestral(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(self.t, self.steps),
                                generator=generator, checkpoint=self.grad_checkpoint,
-                               guidance=guidance if self.scale > 0 else None, clip_x0=True)
+                               guidance=guidance if self.scale > 0 else None, guidance_inputs=(target,),
+                               clip_x0=True)
         return self.to_image_space(z)
 
     def with_steps(self, steps: int) -> "GDMP":

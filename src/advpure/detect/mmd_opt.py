@@ -5,8 +5,9 @@ split of the two samples; DAD (Zhang et al., ICML 2025, Sec. 4, "MMD-OPT") does 
 examples of the target classifier (500 + 500 images, PGD-10 at 8/255 on CIFAR-10, Adam lr 2e-4,
 200 epochs, full batch) with the semantic-aware kernel of Gao et al. (2021).
 
-Also here: :func:`pgd_linf`, a plain L-inf PGD used to produce training examples when
-``advpure.attacks.PGD`` is not available, and :func:`test_power`, rejection rates of repeated tests.
+The adversarial training examples come from the caller (``advpure train kernel`` makes them with
+:func:`advpure.attacks.pgd.make_adversarial`). Also here: :func:`pgd_linf`, a plain L-inf PGD for quick checks
+that need no attack suite, and :func:`test_power`, rejection rates of repeated tests.
 """
 
 from __future__ import annotations
@@ -48,27 +49,6 @@ def pgd_linf(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, 
         adv = (adv.detach() + a * g.sign()).clamp(x - eps, x + eps).clamp(0, 1).detach()
     model.train(was_training)
     return adv
-
-
-def make_adversarial(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, steps: int = 10,
-                     batch_size: int = 256, seed: int = 0) -> torch.Tensor:
-    """PGD examples of ``model``: ``advpure.attacks.PGD`` when that package provides it, else :func:`pgd_linf`."""
-    g = torch.Generator().manual_seed(seed)
-    step_size = 2.5 * eps / steps
-    try:  # prefer the project's attack suite: PGD(**options)(model, x, y)
-        from ..attacks import PGD  # type: ignore[attr-defined]
-
-        attack = PGD(norm="linf", eps=eps, steps=steps, step_size=step_size, seed=seed)
-    except ImportError:
-        attack = None
-    out = []
-    for i in range(0, x.shape[0], batch_size):
-        xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-        if attack is not None:
-            out.append(attack(model, xb, yb).detach())
-        else:
-            out.append(pgd_linf(model, xb, yb, eps=eps, steps=steps, step_size=step_size, generator=g))
-    return torch.cat(out, 0)
 
 
 @dataclass

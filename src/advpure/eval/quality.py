@@ -2,22 +2,11 @@
 
 All metrics take float [0, 1] NCHW batches and return one value per image (``reduction="none"``).
 
-SSIM (Wang, Bovik, Sheikh & Simoncelli 2004, eq. 13) with a Gaussian window, computed on the
-"valid" part of the image (no padding), K1 = 0.01, K2 = 0.03 and population (not sample) covariances:
-
-    SSIM(x, y) = mean over windows and channels of
-                 (2 mu_x mu_y + C1)(2 sigma_xy + C2) / ((mu_x^2 + mu_y^2 + C1)(sigma_x^2 + sigma_y^2 + C2)),
-    C1 = (K1 L)^2, C2 = (K2 L)^2, L = data_range.
-
-This matches ``pytorch_msssim.ssim(win_size=11, win_sigma=1.5)`` and scikit-image's
+SSIM: :func:`advpure.ops.ssim.ssim` (Wang, Bovik, Sheikh & Simoncelli 2004, eq. 13; Gaussian window,
+"valid" windows only, K1 = 0.01, K2 = 0.03, population covariances; the paper's 11-tap, sigma 1.5 window, or the
+largest odd one that fits smaller images: 7 taps, sigma 1.5 * 7 / 11 on the 8x8 digits, a coarse number there),
+with the inputs checked here. It matches ``pytorch_msssim.ssim(win_size=11, win_sigma=1.5)`` and scikit-image's
 ``structural_similarity(gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``.
-
-Window choice: the paper's 11-tap window with sigma 1.5 whenever the image is at least 11 pixels on
-each side. Smaller images (the 8x8 digits) cannot hold it, so the default window becomes the largest
-odd size that fits (7 for 8x8) with sigma scaled by the same ratio, ``sigma = 1.5 * win_size / 11``
-(0.955 for 7 taps: the window still spans about +-3.5 sigma as scikit-image's truncation does, so
-``structural_similarity(gaussian_weights=True, sigma=1.5*7/11)`` reproduces it). On 8x8 images this
-leaves a 2x2 map of local SSIM values per channel; treat SSIM on digits as a coarse number.
 
 PSNR: ``10 log10(data_range^2 / MSE)`` per image (``inf`` for identical images).
 
@@ -36,15 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from ..contracts import check_images, check_int, check_positive
-
-#: Wang et al. (2004): K1, K2 stabilisers and the 11-tap, sigma = 1.5 Gaussian window
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-SSIM_WIN_SIZE = 11
-SSIM_SIGMA = 1.5
+from ..contracts import check_images, check_positive
+from ..ops import ssim as _ssim
+from ..ops.ssim import default_window as default_ssim_window
 
 LPIPS_ENV = "ADVPURE_LPIPS_WEIGHTS"
 
@@ -58,34 +42,10 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor, names: tuple[str, str] = ("x",
         raise ValueError(f"{names[0]} and {names[1]} must have the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
 
 
-def default_ssim_window(height: int, width: int) -> tuple[int, float]:
-    """(win_size, sigma) used when none is given: 11/1.5 if it fits, else the largest odd size that does."""
-    side = min(height, width)
-    if side >= SSIM_WIN_SIZE:
-        return SSIM_WIN_SIZE, SSIM_SIGMA
-    win = side if side % 2 == 1 else side - 1
-    if win < 3:
-        raise ValueError(f"ssim: images of {height}x{width} are too small; need at least 3x3 for a window")
-    return win, SSIM_SIGMA * win / SSIM_WIN_SIZE
-
-
-def _gaussian_1d(win_size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    r = torch.arange(win_size, dtype=torch.float64) - (win_size - 1) / 2
-    g = torch.exp(-(r ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).to(dtype=dtype, device=device)
-
-
-def _filter_valid(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filter per channel, valid part only (no padding)."""
-    c = x.shape[1]
-    k = g.numel()
-    x = F.conv2d(x, g.view(1, 1, 1, k).expand(c, 1, 1, k), groups=c)
-    return F.conv2d(x, g.view(1, 1, k, 1).expand(c, 1, k, 1), groups=c)
-
-
 def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, win_size: int | None = None,
          sigma: float | None = None, reduction: str = "none") -> torch.Tensor:
-    """Structural similarity per image (Wang et al. 2004, eq. 13), differentiable in ``x`` and ``y``.
+    """Structural similarity per image (Wang et al. 2004, eq. 13), differentiable in ``x`` and ``y``: the images
+    checked, then :func:`advpure.ops.ssim.ssim` with "valid" windows.
 
     Args:
         x, y: float NCHW batches of the same shape (any number of channels), values in [0, data_range].
@@ -96,33 +56,8 @@ def ssim(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, win_size:
         reduction: ``"none"`` (shape (N,)) or ``"mean"`` (a scalar).
     """
     _check_pair(x, y, data_range=data_range)
-    data_range = check_positive(data_range, "data_range")
-    if reduction not in ("none", "mean"):
-        raise ValueError(f"reduction: expected 'none' or 'mean', got {reduction!r}")
-    h, w = x.shape[-2:]
-    if win_size is None:
-        win_size, default_sigma = default_ssim_window(h, w)
-    else:
-        check_int(win_size, "win_size", minimum=1)
-        if win_size % 2 == 0:
-            raise ValueError(f"win_size: expected an odd window size, got {win_size}")
-        if win_size > min(h, w):
-            raise ValueError(f"win_size={win_size} does not fit images of {h}x{w}; use win_size <= {min(h, w)}")
-        default_sigma = SSIM_SIGMA * win_size / SSIM_WIN_SIZE
-    sigma = default_sigma if sigma is None else check_positive(sigma, "sigma")
-
-    g = _gaussian_1d(win_size, sigma, x.dtype, x.device)
-    c1 = (SSIM_K1 * data_range) ** 2
-    c2 = (SSIM_K2 * data_range) ** 2
-    mu_x = _filter_valid(x, g)
-    mu_y = _filter_valid(y, g)
-    sxx = _filter_valid(x * x, g) - mu_x ** 2
-    syy = _filter_valid(y * y, g) - mu_y ** 2
-    sxy = _filter_valid(x * y, g) - mu_x * mu_y
-    cs_map = (2 * sxy + c2) / (sxx + syy + c2)
-    ssim_map = (2 * mu_x * mu_y + c1) / (mu_x ** 2 + mu_y ** 2 + c1) * cs_map
-    per_image = ssim_map.flatten(1).mean(dim=1)
-    return per_image.mean() if reduction == "mean" else per_image
+    return _ssim.ssim(x, y, data_range=data_range, win_size=win_size, sigma=sigma, padding="valid",
+                      reduction=reduction)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, *, data_range: float = 1.0, reduction: str = "none") -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""``advpure train classifier``: seeded, resumable supervised training of a classifier.
+"""Seeded, resumable supervised training of a classifier (``advpure train classifier``).
 
 SGD with Nesterov momentum and a cosine or one-cycle (linear warm-up, linear decay) schedule, optional
 label smoothing, crop(+flip) augmentation, a resume file written after every epoch (a killed run continues
@@ -10,7 +10,6 @@ test accuracy and the command that produced it.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -21,10 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .. import threads
 from ..data import load_dataset
-from ..paths import check_writable
-from ..specs import parse_spec
 from ..models import ImageClassifier, build_classifier, save_classifier
 from .common import augment_crop_flip, load_resume, pick_device, save_resume
 
@@ -197,40 +193,3 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     )
     resume_path.unlink(missing_ok=True)
     return model, meta
-
-
-def register(train_sub: argparse._SubParsersAction) -> None:
-    p = train_sub.add_parser("classifier", help="train a classifier (seeded, resumable)")
-    p.add_argument("--dataset", default="digits", help="digits | cifar10 | folder")
-    p.add_argument("--data-dir", default=None, help="data location (cifar10/folder); or ADVPURE_CIFAR10")
-    p.add_argument("--arch", default=None, help="architecture name (default per dataset: digits small-cnn, cifar10 resnet20)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of this many images")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy (default 0)")
-    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine", help="learning-rate schedule (default cosine)")
-    p.add_argument("--warmup", type=float, default=0.2, help="one-cycle warm-up fraction (default 0.2)")
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default 0.9)")
-    p.add_argument("--pad", type=int, default=None, help="random-crop padding in pixels (default per dataset: 4 on CIFAR-10)")
-    p.add_argument("--arch-kwargs", default=None, help="architecture options as key=value,... (e.g. head_scale=0.111)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
-    threads.add_argument(p)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    check_writable(args.out, "--out", "file", suffix=".safetensors")
-    cfg = ClassifierTrainConfig(dataset=args.dataset, arch=args.arch, data_dir=args.data_dir, epochs=args.epochs,
-                                batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                                device=args.device, train_subset=args.train_subset, out=args.out,
-                                label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
-                                momentum=args.momentum, pad=args.pad,
-                                arch_kwargs=parse_spec("arch:" + args.arch_kwargs)[1] if args.arch_kwargs else None)
-    _, meta = train_classifier(cfg)
-    print(f"saved {args.out}: {meta['arch']} on {meta['dataset']}, test accuracy {meta['accuracy']:.4f} "
-          f"({meta['n_test']} images), {meta['train']['seconds']} s")
-    return 0

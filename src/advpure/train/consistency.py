@@ -21,7 +21,6 @@ confidence > 0.9, and the class histogram) is recorded in the sidecar.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import time
@@ -31,7 +30,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import threads
 from ..contracts import check_int, check_positive
 from ..diffusion.consistency import (SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNET_CONFIGS, ConsistencyModel, cd_loss, ct_loss,
                                      ct_schedule, karras_sigmas, vp_denoiser)
@@ -204,49 +202,3 @@ def train_consistency(*, dataset: str = "digits", mode: str = "cd", teacher: str
     })
     result.update(weights=str(weights), sidecar=meta)
     return result
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from ..paths import check_writable
-
-    check_writable(args.out, "--out", "dir")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = train_consistency(dataset=args.dataset, mode=args.mode, teacher=args.teacher, steps=args.steps,
-                            batch_size=args.batch_size, out=args.out, lr=args.lr, n_cd=args.n, metric=args.metric,
-                            seed=args.seed, resume=args.resume, preset=args.preset, data_dir=args.data_dir, device=args.device,
-                            name=args.name, classifier=args.classifier)
-    print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {res['final_loss']:.4g})")
-    print(f"sample grid: {res['grid']}")
-    if "recognisability" in res:
-        r = res["recognisability"]
-        print(f"one-step samples classified with confidence > {r['threshold']}: {r['confident_fraction']:.3f}; "
-              f"class histogram {r['class_histogram']}")
-    return 0
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``consistency`` to the ``advpure train`` sub-commands."""
-    p = subparsers.add_parser("consistency", help="train a consistency model (CD from a diffusion teacher, or CT)",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="digits")
-    p.add_argument("--mode", choices=("cd", "ct"), default="cd", help="distillation (needs --teacher) or training")
-    p.add_argument("--teacher", default=None, help="VP diffusion eps-model (.safetensors + sidecar) for --mode cd")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--n", type=int, default=CD_N, help="CD discretisation steps N (default 18)")
-    p.add_argument("--metric", choices=("l2", "pseudo-huber"), default=None,
-                   help="default l2 for cd, pseudo-huber for ct")
-    p.add_argument("--preset", default=None,
-                   help="UNet for F: digits-cm (default for digits, channels 16/32), digits, "
-                        "cifar10-tiny (1.1M), cifar10-small (default for cifar10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--name", default=None, help="file stem (default <dataset>-cm-<mode>)")
-    p.add_argument("--classifier", default=None, help="classifier spec to measure sample recognisability")
-    p.add_argument("--resume", action="store_true")
-    threads.add_argument(p)
-    p.set_defaults(func=_handler)
-    return p

@@ -6,13 +6,12 @@ over the denoiser g with the MMD-OPT kernel and the classifier f frozen. The DAD
 CE + 100 * MMD; we use the equivalent MMD + alpha * CE with alpha = 0.01 (default). Noise: Gaussian,
 std 0.25, rectified (DAD code). Adam lr 1e-3, batch 100, 60 epochs in the paper (CIFAR-10).
 
-``advpure train denoiser --kernel K.safetensors --classifier SPEC --out D.safetensors``.
+Command line: ``advpure train denoiser --kernel K.safetensors --classifier SPEC --out D.safetensors``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import os
 from dataclasses import dataclass, field
 
 import torch
@@ -95,75 +94,52 @@ def train_denoiser(denoiser: nn.Module, kernel: DeepKernel, classifier: nn.Modul
     return hist
 
 
-def run_train_denoiser(args: argparse.Namespace) -> int:
+def run_train_denoiser(*, dataset: str = "digits", data_dir: str | None = None, classifier: str, kernel: str,
+                       out: str | os.PathLike, attack_eps: float | None = None, attack_steps: int = 10,
+                       seed: int = 0, n_clean: int = 500, n_adv: int | None = None, n_test: int | None = None,
+                       epochs: int = 60, lr: float = 1e-3, batch_size: int = 100, alpha: float = 0.01,
+                       noise_std: float = 0.25, width: int = 32, depth: int = 2) -> dict:
+    """Train the DAD denoiser on the dataset's train split (``n_clean`` clean images, the next ``n_adv`` attacked
+    by PGD), save it to ``out``; returns its accuracies on the test split (clean and PGD, with and without it)."""
+    from ..attacks.pgd import make_adversarial
     from ..defenses.dad import ResidualUNet, save_denoiser
     from ..detect.kernels import load_kernel
-    from ..detect.mmd_opt import make_adversarial
     from .kernel import load_inputs
 
-    from ..paths import check_writable
-
-    check_writable(args.out, "--out", "file", suffix=".safetensors")
-    clf, train, test, eps = load_inputs(args)
-    kernel = load_kernel(args.kernel, classifier=clf, input_shape=train.shape)
-    n_clean = args.n_clean
+    clf, train, test, eps = load_inputs(dataset=dataset, data_dir=data_dir, classifier=classifier,
+                                        attack_eps=attack_eps)
+    k = load_kernel(kernel, classifier=clf, input_shape=train.shape)
     if n_clean >= len(train):
         raise ValueError(f"--n-clean {n_clean}: the train split has only {len(train)} images")
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     x_clean, _ = train.batch(idx[:n_clean])
-    end = None if args.n_adv is None else n_clean + args.n_adv
+    end = None if n_adv is None else n_clean + n_adv
     x_src, y_src = train.batch(idx[n_clean:end])
-    x_adv = make_adversarial(clf, x_src, y_src, eps=eps, steps=args.attack_steps, seed=args.seed)
-    torch.manual_seed(args.seed)
-    den = ResidualUNet(in_channels=train.shape[0], width=args.width, depth=args.depth)
-    hist = train_denoiser(den, kernel, clf, x_clean, x_adv, y_src, epochs=args.epochs, lr=args.lr,
-                          batch_size=args.batch_size, alpha=args.alpha, noise_std=args.noise_std, seed=args.seed,
-                          progress=True)
-    if args.n_test is not None:
-        if not 0 < args.n_test <= len(test):
-            raise ValueError(f"--n-test {args.n_test}: expected 1..{len(test)} (size of the test split)")
-        xt, yt = test.subset(args.n_test, seed=args.seed).tensors()
+    x_adv = make_adversarial(clf, x_src, y_src, eps=eps, steps=attack_steps, seed=seed)
+    torch.manual_seed(seed)
+    den = ResidualUNet(in_channels=train.shape[0], width=width, depth=depth)
+    hist = train_denoiser(den, k, clf, x_clean, x_adv, y_src, epochs=epochs, lr=lr, batch_size=batch_size,
+                          alpha=alpha, noise_std=noise_std, seed=seed, progress=True)
+    if n_test is not None:
+        if not 0 < n_test <= len(test):
+            raise ValueError(f"--n-test {n_test}: expected 1..{len(test)} (size of the test split)")
+        xt, yt = test.subset(n_test, seed=seed).tensors()
     else:
         xt, yt = test.tensors()
-    xa = make_adversarial(clf, xt, yt, eps=eps, steps=args.attack_steps, seed=args.seed + 1)
-    gen = torch.Generator().manual_seed(args.seed)
+    xa = make_adversarial(clf, xt, yt, eps=eps, steps=attack_steps, seed=seed + 1)
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         def acc(x):
             return float((clf(x).argmax(1) == yt).float().mean())
 
         def den_acc(x):
-            return acc(den(add_noise(x, std=args.noise_std, generator=gen)))
+            return acc(den(add_noise(x, std=noise_std, generator=gen)))
         result = {"clean_accuracy": acc(xt), "pgd_accuracy": acc(xa), "denoised_clean_accuracy": den_acc(xt),
                   "denoised_pgd_accuracy_transfer": den_acc(xa), "final_train_loss": hist.loss[-1],
-                  "final_train_mmd2": hist.mmd2[-1], "attack": {"eps": eps, "steps": args.attack_steps}}
-    save_denoiser(den, args.out, input_shape=train.shape, dataset=args.dataset, classifier_spec=args.classifier,
-                  kernel=str(args.kernel),
-                  training={"epochs": args.epochs, "lr": args.lr, "alpha": args.alpha, "batch_size": args.batch_size,
-                            "noise_std": args.noise_std, "seed": args.seed, "n_adv": args.n_adv},
+                  "final_train_mmd2": hist.mmd2[-1], "attack": {"eps": eps, "steps": attack_steps}}
+    save_denoiser(den, out, input_shape=train.shape, dataset=dataset, classifier_spec=classifier,
+                  kernel=str(kernel),
+                  training={"epochs": epochs, "lr": lr, "alpha": alpha, "batch_size": batch_size,
+                            "noise_std": noise_std, "seed": seed, "n_adv": n_adv},
                   result={**result, "n_test": len(yt)})
-    print(json.dumps({"out": str(args.out), **result}, indent=2))
-    return 0
-
-
-def register(train_subparsers) -> argparse.ArgumentParser:
-    """Add ``denoiser`` to the ``advpure train`` sub-commands."""
-    from .kernel import add_data_args
-
-    p = train_subparsers.add_parser("denoiser", help="DAD denoiser: minimise MMD-OPT(clean, g(noisy adv)) + alpha CE")
-    add_data_args(p)
-    p.add_argument("--kernel", required=True, help="MMD-OPT kernel from `advpure train kernel`")
-    p.add_argument("--out", required=True, help="output .safetensors")
-    p.add_argument("--n-clean", type=int, default=500, help="clean images for the MMD term; the rest are attacked")
-    p.add_argument("--n-adv", type=int, default=None,
-                   help="attack only this many of the remaining train images (default: all; use e.g. 2000 on CIFAR-10)")
-    p.add_argument("--n-test", type=int, default=None,
-                   help="evaluate on a seeded subset of this many test images (default: the whole test split)")
-    p.add_argument("--epochs", type=int, default=60, help="(DAD: 60)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam (DAD: 1e-3)")
-    p.add_argument("--batch-size", type=int, default=100, help="(DAD: 100)")
-    p.add_argument("--alpha", type=float, default=0.01, help="CE weight (DAD: CE + 100 MMD, i.e. 0.01)")
-    p.add_argument("--noise-std", type=float, default=0.25, help="Gaussian noise before denoising (DAD: 0.25)")
-    p.add_argument("--width", type=int, default=32, help="U-Net base width")
-    p.add_argument("--depth", type=int, default=2, help="U-Net levels (image size divisible by 2^depth)")
-    p.set_defaults(func=run_train_denoiser)
-    return p
+    return result

@@ -19,7 +19,6 @@ On CUDA: bf16 autocast and channels_last. Under ``torchrun`` (WORLD_SIZE > 1): D
 
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 import os
@@ -30,7 +29,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .. import threads
 from ..contracts import check_int, check_positive
 from ..diffusion.models import DATASET_PRESET, DiscreteTimeAdapter, build_unet, unet_config
 from ..diffusion.samplers import diffuse, reverse_sde, sample
@@ -267,57 +265,6 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
                         f"diffused to t={t_max:g}, purified")
         result["grid"] = str(png)
     return result
-
-
-def _handler(args: argparse.Namespace) -> int:
-    from ..paths import check_writable
-
-    check_writable(args.out, "--out", "dir")
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    res = train_diffusion(dataset=args.dataset, steps=args.steps, batch_size=args.batch_size, out=args.out,
-                          t_max=args.t_max, time_sampling=args.time, lr=args.lr, seed=args.seed, resume=args.resume,
-                          preset=args.preset, data_dir=args.data_dir, device=args.device, name=args.name,
-                          t_focus=args.t_focus, ema_decay=args.ema_decay, save_every=args.save_every)
-    if "weights" in res:
-        loss = "n/a (no step in this run)" if res["final_loss"] is None else f"{res['final_loss']:.4f}"
-        print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {loss})")
-        if "grid" in res:
-            print(f"sample grid: {res['grid']}")
-    return 0
-
-
-def _focus(text: str) -> tuple[float, float]:
-    try:
-        t, share = (float(v) for v in text.split(":"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--t-focus expects T:SHARE such as 0.1:0.75, got {text!r}") from None
-    return t, share
-
-
-def register(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``diffusion`` to the ``advpure train`` sub-commands."""
-    p = subparsers.add_parser("diffusion", help="train a small diffusion denoiser (eps prediction) for purification",
-                              description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="digits", help="digits or cifar10 (default digits)")
-    p.add_argument("--steps", type=int, default=3000, help="total optimisation steps (default 3000)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size per process (default 128)")
-    p.add_argument("--out", required=True, help="output directory (weights, sidecar, state, sample grid)")
-    p.add_argument("--t-max", type=float, default=1.0, help="train noise levels t in (t_min, t_max] only (default 1.0)")
-    p.add_argument("--time", choices=("continuous", "discrete"), default="continuous", help="time sampling")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
-    p.add_argument("--t-focus", type=_focus, default=None, metavar="T:SHARE",
-                   help="draw SHARE of each batch from t <= T, the rest from T < t <= t_max (default: uniform)")
-    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default 0.999)")
-    p.add_argument("--save-every", type=int, default=1000, help="write the resumable state every N steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--preset", default=None, help="UNet preset (default from dataset: digits, cifar10-small)")
-    p.add_argument("--data-dir", default=None, help="dataset source (e.g. CIFAR-10 tar.gz)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--name", default=None, help="file stem (default <dataset>-ddpm)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/<name>.state.pt")
-    threads.add_argument(p)
-    p.set_defaults(func=_handler)
-    return p
 
 
 def denoising_error(eps_model: Any, x0: torch.Tensor, t: float, *, generator: torch.Generator | None = None,

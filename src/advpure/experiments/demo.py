@@ -1,4 +1,4 @@
-"""``advpure demo``: the main job, on scikit-learn's bundled digits (no download, CPU, minutes).
+"""The main job (``advpure demo``), on scikit-learn's bundled digits (no download, CPU, minutes).
 
 It loads (or trains into the user cache) the digits classifier and the digits diffusion model, then
 evaluates every defense the project has against attacks that know it, through the same runner as
@@ -11,15 +11,13 @@ others with their adaptive attacks. Attack settings are reduced for time and pri
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
-from . import threads
-from .paths import cache_dir, check_writable
+from ..paths import cache_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ZOO = REPO / "zoo"
 
 #: digits l_inf budget (pixels are k/16 in [0, 1]): 0.2 drives the undefended CNN to 0.5% under PGD-20
@@ -32,7 +30,7 @@ def _classifier_path(progress: bool) -> Path:
         return zoo
     cached = cache_dir() / "demo" / "digits-small-cnn.safetensors"
     if not cached.is_file():
-        from .train.classifier import ClassifierTrainConfig, train_classifier
+        from ..train.classifier import ClassifierTrainConfig, train_classifier
 
         train_classifier(ClassifierTrainConfig(dataset="digits", out=str(cached)), progress=progress)
     return cached
@@ -45,7 +43,7 @@ def _diffusion_path(progress: bool) -> Path | None:
     cached = cache_dir() / "demo" / "digits-ddpm.safetensors"
     if not cached.is_file():
         try:
-            from .train.diffusion import DiffusionTrainConfig, train_diffusion
+            from ..train.diffusion import DiffusionTrainConfig, train_diffusion
         except ImportError:
             return None
         train_diffusion(DiffusionTrainConfig(dataset="digits", out=str(cached)), progress=progress)
@@ -92,9 +90,9 @@ DEMO_DRAWS = 10
 
 
 def run_demo(out: Path, *, n: int = 24, steps: int = 5, eot: int = 2, sanity_n: int = 8, progress: bool = True) -> dict:
-    from .eval import threats
-    from .eval.runner import format_markdown, run_eval
-    from .eval.sanity import MIN_SANITY_N
+    from ..eval import threats
+    from ..eval.runner import format_markdown, run_eval
+    from ..eval.sanity import MIN_SANITY_N
 
     if n < MIN_SANITY_N or sanity_n < MIN_SANITY_N or steps < 1 or eot < 1:
         raise ValueError(f"demo: need --n >= {MIN_SANITY_N}, --sanity-n >= {MIN_SANITY_N} (smaller checks cannot fail), "
@@ -168,43 +166,20 @@ def _figure(out: Path, clf: str, ddpm: Path | None, n: int) -> None:
     """Clean, adversarial (PGD on the undefended classifier), purified (DiffPure), and the differences."""
     import torch
 
-    from .attacks import PGD
-    from .data import load_dataset
-    from .eval.figures import purification_figure
-    from .models import load_classifier
+    from ..attacks import PGD
+    from ..data import load_dataset
+    from ..models import load_classifier
+    from .figures import purification_figure
 
     model = load_classifier(clf)
     x, y = load_dataset("digits", "test").subset(n, 0).tensors()
     x_adv = PGD(norm="linf", eps=DIGITS_EPS, steps=20, step_size=2.5 * DIGITS_EPS / 20, seed=0)(model, x, y)
     purified = x_adv
     if ddpm is not None:
-        from .diffusion.models import load_denoiser
-        from .defenses.diffpure import DiffPure
+        from ..defenses.diffpure import DiffPure
+        from ..diffusion.models import load_denoiser
 
         net, _ = load_denoiser(ddpm)
         with torch.no_grad():
             purified = DiffPure(net, t=0.1).purify(x_adv, generator=torch.Generator().manual_seed(0))
     purification_figure(x, x_adv, purified, out / "purification.png", n=n)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the main job on digits: defenses under adaptive attacks, report + figure")
-    p.add_argument("--out", default="advpure-demo", help="output folder (default ./advpure-demo/)")
-    p.add_argument("--n", type=int, default=24, help="test images (seeded subset)")
-    p.add_argument("--sanity-n", type=int, default=8, help="images used by the gradient-masking checks (>= 8)")
-    p.add_argument("--steps", type=int, default=5, help="PGD steps per attack (detector-aware attacks: 4x)")
-    p.add_argument("--eot", type=int, default=2, help="EOT samples for stochastic defenses")
-    p.add_argument("--no-progress", action="store_true")
-    threads.add_argument(p)
-    p.set_defaults(func=_main)
-
-
-def _main(args: argparse.Namespace) -> int:
-    check_writable(args.out, "--out", "dir")
-    res = run_demo(Path(args.out), n=args.n, steps=args.steps, eot=args.eot, sanity_n=args.sanity_n,
-                   progress=not args.no_progress)
-    print(res["table"])
-    print(f"\ndigits: {res['report']['n']} test images, "
-          f"l_inf eps {DIGITS_EPS}, {res['report']['seconds']} s. Wrote {args.out}/report.json, report.md, "
-          "details.md, purification.png")
-    return 0

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from advpure.eval.discrepancy import split_reference
+from advpure.experiments.dad_attacks import split_reference
 
 
 def _rows(x):
@@ -35,7 +35,7 @@ def test_train_reference_and_bad_split():
 
 @pytest.mark.parametrize("mode", ["batch", "sample"])
 def test_dad_attacks_runs_in_both_modes(mode, tmp_path):
-    from advpure.eval.discrepancy import dad_attacks
+    from advpure.experiments.dad_attacks import dad_attacks
 
     r = dad_attacks(dataset="digits", classifier="zoo/digits-small-cnn.safetensors",
                     kernel="zoo/digits-dad-kernel.safetensors", denoiser="zoo/digits-dad-denoiser.safetensors",
@@ -54,8 +54,8 @@ def test_dad_attacks_runs_in_both_modes(mode, tmp_path):
 
 def test_mixed_batch_table_on_digits():
     from advpure.data import load_dataset
-    from advpure.detect.mmd_opt import make_adversarial
-    from advpure.eval.discrepancy import build_dad, mixed_batch_table
+    from advpure.attacks.pgd import make_adversarial
+    from advpure.experiments.dad_attacks import build_dad, mixed_batch_table
     from advpure.models import load_classifier
 
     clf = load_classifier("zoo/digits-small-cnn.safetensors")

@@ -97,7 +97,7 @@ def purification_figure(clean: torch.Tensor, adv: torch.Tensor, purified: torch.
 def corruption_grid(image: torch.Tensor, path: str | os.PathLike, *, severities=(1, 3, 5), seed: int = 0,
                     names=None, dpi: int = 90) -> Path:
     """One image under every corruption (rows) at the given severities (columns), first column clean."""
-    from .corruptions import CORRUPTIONS, corrupt
+    from ..eval.corruptions import CORRUPTIONS, corrupt
 
     check_images(image)
     if image.shape[0] != 1 or image.shape[1] not in (1, 3):

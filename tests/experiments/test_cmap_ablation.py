@@ -7,7 +7,7 @@ import json
 import pytest
 
 from advpure.cli import main
-from advpure.eval.cmap_ablation import run_attacks
+from advpure.experiments.cmap_ablation import run_attacks
 
 
 def test_attack_table_runs_and_records_what_it_ran(tmp_path):

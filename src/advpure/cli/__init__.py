@@ -1,5 +1,6 @@
-"""The ``advpure`` command line. Each sub-package contributes its sub-commands through a
-``register(subparsers)`` function in its ``cli`` module (listed in :data:`CLI_MODULES`).
+"""The ``advpure`` command line (top floor: argparse only). One module of this package per command group, each with
+a ``register(subparsers)`` function (listed in :data:`CLI_MODULES`); the work itself is done by the library below
+(:mod:`advpure.eval`, :mod:`advpure.train`, :mod:`advpure.experiments`, ...).
 
 One error path for every sub-command (:func:`run_command`): a bad input (a ``ValueError``, ``TypeError``, an
 ``OSError`` such as a missing or unreadable file, a corrupt safetensors or refused pickle file) is one line
@@ -16,14 +17,16 @@ import pickle
 import sys
 
 CLI_MODULES = (
-    "advpure.info",
-    "advpure.demo",
-    "advpure.train.cli",
-    "advpure.eval.cli",
-    "advpure.detect.eps_cli",
-    "advpure.eval.cmap_ablation",
-    "advpure.eval.threats",
-    "advpure.eval.discrepancy",
+    "advpure.cli.info",
+    "advpure.cli.demo",
+    "advpure.cli.train",
+    "advpure.cli.eval",
+    "advpure.cli.eps",
+    "advpure.cli.cmap_ablation",
+    "advpure.cli.curves",
+    "advpure.cli.eps_ad",
+    "advpure.cli.dad_attacks",
+    "advpure.cli.discrepancy",
 )
 
 
@@ -42,7 +45,7 @@ def _leaf_parsers(parser: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="advpure",
@@ -75,7 +78,7 @@ def one_line(e: BaseException) -> str:
     """An error as one line: its message (or type), lines joined, torch's advice to unpickle unsafely removed."""
     msg = str(e)
     if isinstance(e, pickle.UnpicklingError) and "weights_only" in msg:
-        from .checkpoint import _weights_only_reason
+        from ..checkpoint import _weights_only_reason
 
         msg = f"refused to unpickle: {_weights_only_reason(msg)} (advpure loads pickles only with weights_only=True)"
     if not msg.strip():
@@ -94,8 +97,8 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def run_command(args: argparse.Namespace) -> int:
     """Run a parsed sub-command with the one error path (see the module docstring)."""
-    from . import threads
-    from .contracts import check_device
+    from .. import threads
+    from ..contracts import check_device
 
     name = _command_name(args)
     try:
@@ -126,7 +129,3 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     return run_command(args)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

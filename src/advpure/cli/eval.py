@@ -1,4 +1,5 @@
-"""``advpure eval``: clean and robust accuracy of a defended classifier under an attack."""
+"""``advpure eval``: clean and robust accuracy of a defended classifier under an attack (:mod:`advpure.eval.runner`,
+:mod:`advpure.eval.threats`)."""
 
 from __future__ import annotations
 
@@ -96,7 +97,7 @@ def _option(dest: str) -> str:
 def check_options(args: argparse.Namespace) -> None:
     """Unknown or conflicting options are errors naming the option, raised before anything is loaded."""
     from ..specs import names, parse_spec
-    from .sanity import MIN_SANITY_N
+    from ..eval.sanity import MIN_SANITY_N
 
     for dest, threats_ in _USED_BY.items():
         v = getattr(args, dest)
@@ -183,8 +184,8 @@ def _classifier_arg(spec: str | None, allow_random_weights: bool):
 def _other_threat(args: argparse.Namespace) -> int:
     import json
 
-    from . import threats
-    from .corruptions import CORRUPTIONS
+    from ..eval import threats
+    from ..eval.corruptions import CORRUPTIONS
 
     seed = args.seeds[0]
     if args.threat == "corruptions":
@@ -222,7 +223,7 @@ def _handler(args: argparse.Namespace) -> int:
     check_data_fits(args)
     if args.threat != "adversarial":
         return _other_threat(args)
-    from .runner import close_distributed, format_markdown, run_eval
+    from ..eval.runner import close_distributed, format_markdown, run_eval
 
     result = run_eval(
         dataset=args.dataset, data_dir=args.data_dir, split=args.split,
@@ -247,8 +248,8 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (``python -m advpure.eval.cli ...`` = ``advpure eval ...``), with the same error handling."""
-    from ..cli import run_command
+    """Stand-alone entry (``python -m advpure.cli.eval ...`` = ``advpure eval ...``), with the same error handling."""
+    from . import run_command
 
     parser = argparse.ArgumentParser(prog="advpure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

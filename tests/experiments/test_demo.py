@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from advpure.demo import demo_rows, run_demo
+from advpure.experiments.demo import demo_rows, run_demo
 
 
 def test_demo_rows_cover_every_defense():
