@@ -180,7 +180,7 @@ CLI_CASES = [
     ("certify-convergence", EVAL + ["--threat", "certify", "--convergence"], ["--convergence"]),
     ("certify-split", EVAL + ["--threat", "certify", "--split", "train"], ["--split", "certify"]),
     ("adversarial-sigma", EVAL + ["--attack", PGD, "--sigma", "0.5"], ["--sigma", "adversarial"]),
-    ("adversarial-denoiser", EVAL + ["--denoiser", "{a}/none.safetensors"], ["--denoiser"]),
+    ("adversarial-model", EVAL + ["--model", "{a}/none.safetensors"], ["--model", "certify"]),
     ("sanity-n-zero", EVAL + ["--attack", PGD, "--sanity-n", "0"], ["--sanity-n 0", ">= 8"]),
     ("sanity-n-seven", EVAL + ["--attack", PGD, "--sanity-n", "7"], ["--sanity-n 7"]),
     ("eval-draws-zero", EVAL + ["--eval-draws", "0"], ["--eval-draws 0"]),
@@ -260,8 +260,8 @@ CLI_CASES = [
                               "--attack", "pgd:eps=0.1,eps=0.2", "--out", "{t}/res/c"], ["'eps'", "twice"]),
     ("eps-observe-bare-classifier", ["eps", "observe", "--classifier", "small-cnn", "--out", "{t}/res/o"],
      ["'small-cnn'"]),
-    ("eps-observe-budget-above-1", ["eps", "observe", "--classifier", "{clf}", "--budgets", "0,8", "--out",
-                                    "{t}/res/o"], ["--budgets", "8"]),
+    ("eps-observe-budget-above-1", ["eps", "observe", "--classifier", "{clf}", "--eps", "0,8", "--out",
+                                    "{t}/res/o"], ["--eps", "8"]),
 ]
 
 
@@ -302,8 +302,8 @@ ARGPARSE_CASES = [
     ("threat-unknown", ["eval", "--dataset", "digits", "--classifier", "x", "--threat", "rain"], "--threat"),
     ("option-unknown", ["eval", "--dataset", "digits", "--classifier", "x", "--bogus"], "--bogus"),
     ("dad-attacks-eps-above-1", ["dad-attacks", "--eps", "8"], "8/255"),
-    ("kernel-attack-eps-above-1", ["train", "kernel", "--classifier", "x", "--out", "k.safetensors",
-                                   "--attack-eps", "2"], "--attack-eps"),
+    ("kernel-eps-above-1", ["train", "kernel", "--classifier", "x", "--out", "k.safetensors",
+                            "--eps", "2"], "--eps"),
     ("cmap-ablation-eps-not-a-number", ["cmap-ablation", "--out", "x", "--eps", "eight"], "--eps"),
 ]
 

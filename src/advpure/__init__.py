@@ -41,7 +41,7 @@ EXPORTS: dict[str, str] = {
     "BPDA": "advpure.attacks.bpda", "Square": "advpure.attacks.square", "SurrogateProcess": "advpure.attacks.surrogate",
     "Ensemble": "advpure.attacks.ensemble", "standard_attacks": "advpure.attacks.ensemble",
     # evaluation
-    "run_eval": "advpure.eval.runner", "format_markdown": "advpure.eval.runner",
+    "run_eval": "advpure.eval.runner", "EvalConfig": "advpure.eval.runner", "format_markdown": "advpure.eval.runner",
     # loaders and specs
     "load_classifier": "advpure.models", "load_denoiser": "advpure.diffusion", "load_dataset": "advpure.data",
     "build": "advpure.specs", "names": "advpure.specs",

@@ -14,7 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -122,15 +122,30 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
     return meta
 
 
+def existing_file(path: str | os.PathLike, what: str = "checkpoint") -> Path:
+    """``path`` (``~`` expanded) when it is a file, else FileNotFoundError ``"<what> <path> does not exist"``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {p} does not exist")
+    return p
+
+
+def read_torch_file(path: str | os.PathLike, *, sha256: str | None = None, what: str = "checkpoint",
+                    map_location: Any = "cpu") -> Any:
+    """A torch file that must exist, match ``sha256`` when given, and load with ``weights_only=True``
+    (:func:`torch_load_weights`); published checkpoints and training states."""
+    p = existing_file(path, what)
+    verify_sha256(p, sha256)
+    return torch_load_weights(p, map_location=map_location)
+
+
 def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a state dict from safetensors or (weights-only) torch pickle; strip a ``module.`` prefix.
 
     Dicts that wrap the weights under ``state_dict``/``model``/``net`` are unwrapped. ``sha256``, when
     given, must match the file.
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    path = existing_file(path)
     verify_sha256(path, sha256)
     if path.suffix == ".safetensors":
         sd: Any = load_safetensors(path)
@@ -147,6 +162,49 @@ def load_state_dict(path: str | os.PathLike, *, sha256: str | None = None) -> di
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
     return sd
+
+
+def resolve_artifact(path: str | os.PathLike) -> Path:
+    """An artifact's weights file: ``path`` (``~`` expanded), or ``<path>.safetensors`` when ``path`` is its stem,
+    its sidecar or another name beside it."""
+    p = Path(path).expanduser()
+    if p.suffix != ".safetensors" and p.with_suffix(".safetensors").is_file():
+        p = p.with_suffix(".safetensors")
+    return p
+
+
+def artifact_meta(path: str | os.PathLike, *, kind: str | tuple[str | None, ...] | None = None,
+                  require: Sequence[str] = ()) -> dict:
+    """The sidecar of the weights file ``path``, checked: its ``kind`` is ``kind`` (or one of a tuple of kinds,
+    ``None`` in the tuple accepting a sidecar without one) and it records every key in ``require``."""
+    meta = read_sidecar(path)
+    if kind is not None:
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if meta.get("kind") not in kinds:
+            named = " or ".join(repr(k) for k in kinds if k is not None)
+            raise ValueError(f"{path}: sidecar kind is {meta.get('kind')!r}, expected {named}")
+    missing = [k for k in require if k not in meta]
+    if missing:
+        what = kind[0] if isinstance(kind, tuple) else kind
+        raise ValueError(f"{path}: sidecar has no {missing[0]!r}"
+                         + (f"; is this a {what} checkpoint?" if what else ""))
+    return meta
+
+
+def load_artifact(path: str | os.PathLike, *, kind: str | tuple[str | None, ...] | None,
+                  require: Sequence[str] = (), what: str = "checkpoint",
+                  expected: str = "a .safetensors file with a JSON sidecar") -> tuple[dict[str, torch.Tensor], dict]:
+    """Load one of advpure's weight artifacts (``<name>.safetensors`` + ``<name>.json``) in one way for every model
+    family: resolve the path (:func:`resolve_artifact`), read the sidecar, check its ``kind`` and ``require``d keys
+    (:func:`artifact_meta`), verify the file's sha256 against the sidecar's, and load the tensors (safetensors, or a torch file read with ``weights_only=True``). Every failure names the file and
+    the problem: a missing file (``"<what> <path> not found (expected <expected>)"``), a missing or malformed
+    sidecar, another kind, a changed file, a corrupt one. Returns ``(state_dict, sidecar)``."""
+    p = resolve_artifact(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{what} {path} not found (expected {expected})")
+    meta = artifact_meta(p, kind=kind, require=require)
+    verify_sha256(p, meta.get("sha256"))
+    return load_state_dict(p), meta
 
 
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "checkpoint") -> nn.Module:

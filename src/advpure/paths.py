@@ -27,13 +27,24 @@ def data_dir() -> Path | None:
     return Path(v).expanduser() if v else None
 
 
+def repo_dir() -> Path:
+    """The repository this package runs from (``src/advpure`` lies two folders below it)."""
+    return Path(__file__).resolve().parents[2]
+
+
+def zoo_dir() -> Path:
+    """The repository's ``zoo/`` folder of small trained weights with their JSON sidecars (independent of the
+    working directory)."""
+    return repo_dir() / "zoo"
+
+
 def shared_dir() -> Path | None:
     """The project's shared/ folder, or None when it is not there."""
     v = os.environ.get("ADVPURE_SHARED")
     if v:
         p = Path(v).expanduser()
         return p if p.is_dir() else None
-    repo = Path(__file__).resolve().parents[2]
+    repo = repo_dir()
     for cand in (repo.parent / "shared", repo / "shared"):
         if cand.is_dir():
             return cand

@@ -247,3 +247,35 @@ def test_stale_journal_in_the_cli(tmp_path, digits_classifier, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "classifier changed" in err[0] and "Traceback" not in err[0]
+
+
+# --------------------------------------------------------------------------- EvalConfig
+def test_eval_config_validates_each_setting_by_name():
+    from advpure.eval.runner import EvalConfig
+
+    for bad, name in [(dict(n=0), "n"), (dict(batch_size=0), "batch_size"), (dict(seeds=()), "seeds"),
+                      (dict(seeds=(0, -1)), "seed"), (dict(eval_draws=0), "eval_draws"), (dict(votes=-1), "votes"),
+                      (dict(subset_seed=-1), "subset_seed"), (dict(sanity_n=0), "sanity_n"),
+                      (dict(convergence=True, convergence_max_factor=1), "convergence_max_factor"),
+                      (dict(seeds="0,1"), "seeds"), (dict(dataset=""), "dataset")]:
+        with pytest.raises((ValueError, TypeError), match=name):
+            EvalConfig(**{"dataset": "digits", **bad})
+    cfg = EvalConfig(dataset="digits", seeds=[0, 1])
+    assert cfg.seeds == (0, 1) and cfg.n == 100 and cfg.eval_draws == 20  # the defaults run_eval always had
+
+
+def test_run_eval_takes_a_config_or_keywords_alike(digits_classifier):
+    from advpure.eval.runner import EvalConfig
+
+    kw = dict(dataset="digits", n=12, subset_seed=2, batch_size=5, progress=False)
+    by_kw = run_eval(classifier=digits_classifier, attack="none", **kw)
+    cfg = EvalConfig(**kw)
+    by_cfg = run_eval(cfg, classifier=digits_classifier, attack="none")
+    by_override = run_eval(EvalConfig(dataset="digits", n=50), classifier=digits_classifier, attack="none",
+                           n=12, subset_seed=2, batch_size=5, progress=False)
+    for r in (by_cfg, by_override):
+        assert r["clean_accuracy"] == by_kw["clean_accuracy"] and r["journal_key"] == by_kw["journal_key"]
+    with pytest.raises(TypeError, match="'nn'.*settings: dataset, n,"):
+        run_eval(cfg, classifier=digits_classifier, nn=3)
+    with pytest.raises(TypeError, match="EvalConfig"):
+        run_eval({"dataset": "digits"}, classifier=digits_classifier)

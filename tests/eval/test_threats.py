@@ -41,7 +41,7 @@ def test_certify_threat_and_its_errors(tmp_path, capsys):
 def test_curves_command_writes_png(tmp_path):
     out = tmp_path / "curves"
     assert main(["curves", "--dataset", "digits", "--classifier", CLF, "--defense", "diffpure:steps=2",
-                 "--attack", "pgd:eps=0.2,steps=1,step_size=0.2", "--t-values", "0.02,0.1", "--budgets", "0,0.2",
+                 "--attack", "pgd:eps=0.2,steps=1,step_size=0.2", "--t-values", "0.02,0.1", "--eps", "0,0.2",
                  "--n", "8", "--out", str(out)]) == 0
     res = json.loads((out / "curves.json").read_text())
     assert set(res["vs_t"]) == {"0.02", "0.1"} and set(res["vs_eps"]) == {"0", "0.2"}

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eps-ad --dataset digits --classifier zoo/digits-small-cnn.safetensors \
-  --linf-budgets 0.02,0.05,0.1,0.2,0.3 --l2-budgets 0.5,1.0,2.0 --threads 1 --out reports/digits/eps-ad
+  --eps 0.02,0.05,0.1,0.2,0.3 --l2-eps 0.5,1.0,2.0 --threads 1 --out reports/digits/eps-ad

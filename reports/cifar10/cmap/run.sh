@@ -21,7 +21,7 @@ run() {  # name, then cmap-ablation options
 IT=${IT:-100}  # latent-optimisation iterations on CIFAR-10 (digits default 30 reconstructs too little here)
 for job in "$@"; do case $job in
   ablation) run ablation --n $N --k 4 --curve-iterations 150 --every 25 --iterations $IT --ks 1,2,4 ;;
-  attacks) run attacks --attacks --n $N --iterations $IT --parts cmap,diffpure --teacher $T --pgd-steps 3 --eot 2 \
+  attacks) run attacks --attacks --n $N --iterations $IT --parts cmap,diffpure --teacher $T --steps 3 --eot 2 \
              --full-steps 3 --disruption-steps 10 --diffpure-t 0.1 --diffpure-steps 20 ;;
   full) run full --attacks --n 8 --iterations $IT --parts full --full-steps 2 --eot 1 ;;
   cost) echo "== cost $(date +%T)"; .venv/bin/python benchmarks/cmap_cost.py --dataset cifar10 --data-dir $D --cm $CM \

@@ -24,7 +24,7 @@ ev() {  # name, then eval options
 for job in "$@"; do case $job in
   ref) $A eps reference --dataset cifar10 --data-dir $D --model $M --n 500 --seed 0 ;;
   observe) $A eps observe --dataset cifar10 --data-dir $D --model $M --classifier $R56 \
-             --budgets 0,2/255,4/255,8/255,16/255 --n 200 --steps 10 --t 0.1 --out $O/eps-observe ;;
+             --eps 0,2/255,4/255,8/255,16/255 --n 200 --steps 10 --t 0.1 --out $O/eps-observe ;;
   clean56) ev clean-diffpure-resnet56 $C --classifier $R56 --defense "diffpure:model=$M,t=0.1" --attack none --n 200 --batch-size 50 --seeds 0 --eval-draws 1 ;;
   clean8) ev clean-diffpure-resnet8 $C --classifier $R8 --defense "diffpure:model=$M,t=0.1" --attack none --n 200 --batch-size 50 --seeds 0 --eval-draws 1 ;;
   dp56) ev diffpure-linf-resnet56 $ADV --classifier $R56 --defense "diffpure:model=$M,t=0.1,steps=20,checkpoint=true" --attack $LINF --sanity-n 8 --sanity-queries 50 ;;
@@ -41,9 +41,9 @@ for job in "$@"; do case $job in
   corrdt56) ev corruptions-dt-resnet56 $C --threat corruptions --classifier $R56 --corruptions gaussian_noise,glass_blur,impulse_noise,jpeg_compression,shot_noise --severities 5 --n 64 --batch-size 64 --defense "distribution-transfer:model=$M,t=0.1,steps=20" ;;
   corr8) ev corruptions-resnet8 $C --threat corruptions --classifier $R8 --corruptions gaussian_noise,glass_blur,impulse_noise,jpeg_compression,shot_noise --severities 5 --n 64 --batch-size 64 --defense "diffpure:model=$M,t=0.1,steps=20" ;;
   corrdt8) ev corruptions-dt-resnet8 $C --threat corruptions --classifier $R8 --corruptions gaussian_noise,glass_blur,impulse_noise,jpeg_compression,shot_noise --severities 5 --n 64 --batch-size 64 --defense "distribution-transfer:model=$M,t=0.1,steps=20" ;;
-  certify) ev certify-denoised-resnet56 $C --threat certify --classifier $R56 --denoiser $M --sigma 0.25 --n0 50 --n-mc 500 --n 25 --batch-size 100 ;;
+  certify) ev certify-denoised-resnet56 $C --threat certify --classifier $R56 --model $M --sigma 0.25 --n0 50 --n-mc 500 --n 25 --batch-size 100 ;;
   epsad) $A eps-ad --dataset cifar10 --data-dir $D --classifier $R56 --model $M --train-eps 4/255 --n-train 200 --n-ref 200 \
-           --n-calib 200 --n-test 100 --epochs 100 --linf-budgets 2/255,4/255,8/255 --l2-budgets 0.5 --threads 1 --out $O/eps-ad ;;
+           --n-calib 200 --n-test 100 --epochs 100 --eps 2/255,4/255,8/255 --l2-eps 0.5 --threads 1 --out $O/eps-ad ;;
   dp56strong) ev diffpure-linf-resnet56-pgd20eot4 $C --n 16 --batch-size 16 --seeds 0 --eval-draws 3 --classifier $R56 --defense "diffpure:model=$M,t=0.1,steps=20,checkpoint=true" --attack "pgd:norm=linf,eps=8/255,steps=20,step_size=1/255,eot=4" --no-sanity ;;
   ssniNstrong) ev ssniN-linf-resnet56-pgd20eot4 $C --n 16 --batch-size 16 --seeds 0 --eval-draws 3 --classifier $R56 --defense "ssni:model=$M,mode=N,t=0.1,steps=20,checkpoint=true" --attack "pgd:norm=linf,eps=8/255,steps=20,step_size=1/255,eot=4" --no-sanity ;;
   dadsample) $A dad-attacks --dataset cifar10 --data-dir $D --classifier $R56 --kernel reports/cifar10/mmd-opt-kernel-resnet56.safetensors \

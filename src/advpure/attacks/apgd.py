@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
-from .base import Attack, FirstSuccess, dlr_loss, dlr_targeted_loss, project
+from .base import DEFAULT_EPS, Attack, FirstSuccess, dlr_loss, dlr_targeted_loss, project
 
 DEFAULT_STEPS = 100  # AutoAttack standard version
 
@@ -48,7 +48,7 @@ class APGD(Attack):
                  grad_checkpoint: bool = False, seed: int | None = None) -> None:
         norm_l = norm.lower() if isinstance(norm, str) else norm
         if eps is None:
-            eps = {"linf": 8 / 255, "l2": 0.5}.get(norm_l, -1.0)
+            eps = DEFAULT_EPS.get(norm_l, -1.0)
         super().__init__(eps=eps, norm=norm, eot=eot, eot_batch=eot_batch, early_stop=early_stop,
                          grad_checkpoint=grad_checkpoint, seed=seed)
         self.steps = check_int(steps, "steps", minimum=1)

@@ -11,6 +11,8 @@ An attack is configured once with keyword-only options and then called::
   stochastic passes, computed by repeating the batch in one forward (``eot_batch`` copies per forward).
   Deterministic models (``stochastic`` false or absent) are attacked with one pass whatever ``eot`` is.
 - ``x_adv`` lies inside the threat model: ``||x_adv - x||_p <= eps`` (p = inf or 2) and ``x_adv`` in [0, 1].
+  :meth:`Attack.__call__` enforces it once for every attack (:func:`enforce_threat_model`): a rounding-level excess
+  is projected away, a larger one is an error of the attack.
 
 **Protocol for stochastic models** (enforced here, once, for every attack): every image is attacked (an image
 misclassified on one random clean pass is *not* skipped: fresh draws often classify it correctly), and
@@ -21,7 +23,8 @@ point). Whether the returned images fool the model is judged afterwards on fresh
 shortcuts overstated robustness by 13-19 points in an outside re-attack. Deterministic models keep both.
 
 Everything is validated before any gradient is computed (:meth:`Attack._validate`). Each call leaves
-``last_stats`` (model forward passes per image, effective EOT, iterations) for cost reporting.
+``last_stats`` (model forward passes per image, effective EOT, iterations) for cost reporting. Every attack records
+the arguments it was constructed with; :meth:`Attack.replace` rebuilds it with some of them changed.
 """
 
 from __future__ import annotations
@@ -29,9 +32,11 @@ from __future__ import annotations
 import abc
 
 import contextlib
-import copy
 import dataclasses
+import functools
+import inspect
 import logging
+import re
 from typing import Any, Callable, Iterator
 
 import torch
@@ -80,6 +85,35 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float) -> t
         n = _flat_norm(delta)
         delta = delta * torch.clamp(eps / (n + 1e-12), max=1.0)
     return (x + delta).clamp(0.0, 1.0)
+
+
+#: how far (in pixel units for linf, in l2 norm for l2) an attack's output may lie outside the threat model from
+#: floating-point rounding; anything further is a bug of the attack
+THREAT_MODEL_TOLERANCE = 1e-5
+
+
+def enforce_threat_model(x_adv: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float,
+                         name: str = "attack") -> torch.Tensor:
+    """``x_adv`` inside {z : ||z - x||_p <= eps} ∩ [0, 1]^d: entries (linf) or images (l2) already inside are kept
+    bit for bit, a rounding-level excess is projected away (:func:`project`), and an excess beyond
+    :data:`THREAT_MODEL_TOLERANCE` raises RuntimeError (the attack left its threat model)."""
+    if x_adv.shape != x.shape:
+        raise RuntimeError(f"{name}: returned shape {tuple(x_adv.shape)} for inputs of shape {tuple(x.shape)}")
+    d = x_adv - x
+    box = torch.maximum(-x_adv, x_adv - 1.0).clamp(min=0.0)  # excess over [0, 1], per entry
+    if norm == "linf":
+        ball = (d.abs() - eps).clamp(min=0.0)
+        outside = (box > 0) | (ball > 0)
+    else:
+        ball = (_flat_norm(d) - eps).clamp(min=0.0)
+        outside = ((box > 0).flatten(1).any(1).view_as(ball)) | (ball > 0)
+    if not bool(outside.any()):
+        return x_adv
+    worst = max(float(box.max()), float(ball.max()))
+    if worst > THREAT_MODEL_TOLERANCE:
+        raise RuntimeError(f"{name}: returned images outside its threat model ({norm} eps={eps:g} within [0, 1]) by "
+                           f"{worst:.3g}; the attack must project its iterates")
+    return torch.where(outside, project(x_adv, x, norm=norm, eps=eps), x_adv)
 
 
 def random_start(x: torch.Tensor, *, norm: str, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -176,7 +210,7 @@ def eval_mode(model: nn.Module) -> Iterator[None]:
 @contextlib.contextmanager
 def grad_checkpointing(model: nn.Module, enabled: bool) -> Iterator[bool]:
     """Switch on ``grad_checkpoint`` of every submodule that has the attribute (iterative purifiers
-    use :func:`advpure.attacks.checkpointing.checkpointed_loop` when it is set); restored on exit.
+    use :func:`advpure.ops.checkpointing.checkpointed_loop` when it is set); restored on exit.
     Yields whether any submodule supports it."""
     if not enabled:
         yield False
@@ -202,6 +236,11 @@ class AttackStats:
     iterations: int = 0
 
 
+#: the literature's default budget per norm for images in [0, 1] (CIFAR-10 scale: linf 8/255, l2 0.5); per-dataset
+#: l_inf budgets are :data:`advpure.data.DEFAULT_LINF_EPS`
+DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
+
+
 class Attack(abc.ABC):
     """Base class; subclasses implement :meth:`_run` on validated inputs.
 
@@ -221,9 +260,38 @@ class Attack(abc.ABC):
     name = "attack"
     #: whether the attack differentiates the model (used by the gradient-masking checks)
     gradient_based = True
+    #: :meth:`replace` option names that are another constructor argument (e.g. Square's ``steps`` = ``n_queries``)
+    _option_aliases: dict[str, str] = {}
+    #: :meth:`replace` options an attack ignores (e.g. ``eot`` for one that takes no EOT)
+    _ignored_options: tuple[str, ...] = ()
 
-    def __init__(self, *, eps: float = 8 / 255, norm: str = "linf", eot: int = 1, eot_batch: int | None = None,
-                 early_stop: bool = False, grad_checkpoint: bool = False, seed: int | None = None) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Every attack records the keyword arguments it was constructed with (``_init_args``), so that
+        :meth:`replace` rebuilds it with some of them changed."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        sig = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Attack, *args: Any, **kw: Any) -> None:
+            if "_init_args" not in self.__dict__:  # the outermost constructor records (not a super().__init__)
+                rec: dict[str, Any] = {}
+                for name, value in list(sig.bind(self, *args, **kw).arguments.items())[1:]:
+                    if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                        rec.update(value)
+                    else:
+                        rec[name] = value
+                self.__dict__["_init_args"] = rec
+                self.__dict__["_set_options"] = {}
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
+
+    def __init__(self, *, eps: float = DEFAULT_EPS["linf"], norm: str = "linf", eot: int = 1,
+                 eot_batch: int | None = None, early_stop: bool = False, grad_checkpoint: bool = False,
+                 seed: int | None = None) -> None:
         self.norm = check_norm(norm)
         self.eps = check_eps(eps)
         self.eot = check_int(eot, "eot", minimum=1)
@@ -266,21 +334,37 @@ class Attack(abc.ABC):
         return {"name": self.name, "params": self.params()}
 
     def replace(self, **changes: Any) -> "Attack":
-        """A copy with some options changed (validated like the constructor)."""
-        new = copy.copy(self)
-        for k, v in changes.items():
-            if not hasattr(new, k):
-                raise ValueError(f"{self.name}: no option {k!r}")
+        """A copy with some options changed: the attack rebuilt from the arguments it was constructed with and the
+        changes, so its constructor validates them (an attack built around another one, ``base=``, passes the
+        changes on to it). An option that is an attribute but no constructor argument (``eot`` of an attack
+        without EOT) is set on the copy; anything else is a ValueError."""
+        changes = {self._option_aliases.get(k, k): v for k, v in changes.items() if k not in self._ignored_options}
+        args = dict(self._init_args)
+        options = dict(self._set_options)
+        if isinstance(args.get("base"), Attack):
+            args["base"] = args["base"].replace(**changes)
+        else:
+            args.update(changes)
+        while True:
+            try:
+                new = type(self)(**args)
+                break
+            except TypeError as e:
+                m = re.search(r"unexpected keyword argument '(\w+)'", str(e))
+                if m is None or m.group(1) not in changes:
+                    raise
+                key = m.group(1)
+                if not hasattr(self, key):
+                    raise ValueError(f"{self.name}: no option {key!r}") from None
+                options[key] = args.pop(key)
+        for k, v in options.items():
+            if k in ("eot", "steps"):
+                v = check_int(v, k, minimum=1)
             setattr(new, k, v)
-        # re-run the checks on the touched fields
-        if "norm" in changes:
-            new.norm = check_norm(new.norm)
-        if "eps" in changes:
-            new.eps = check_eps(new.eps)
-        for k in ("eot", "steps"):
-            if k in changes:
-                setattr(new, k, check_int(getattr(new, k), k, minimum=1))
-        new.last_stats = AttackStats()
+        new.__dict__["_set_options"] = options
+        for k, v in vars(self).items():  # what was set after construction (the spec it was built from)
+            if k not in vars(new):
+                setattr(new, k, v)
         return new
 
     # ---- call
@@ -294,7 +378,8 @@ class Attack(abc.ABC):
             x_adv = self._run(model, x.detach(), y, logits0=logits0, eot=eot, generator=gen)
         self.last_stats.forwards_per_image = (counter.images + x.shape[0]) / x.shape[0]
         self.last_stats.eot = eot
-        return x_adv.detach()
+        # the threat model, enforced here once for every attack
+        return enforce_threat_model(x_adv.detach(), x.detach(), norm=self.norm, eps=self.eps, name=self.name)
 
     def effective_eot(self, model: nn.Module) -> int:
         return self.eot if is_stochastic(model) else 1
@@ -368,6 +453,7 @@ def check_step_size(step_size: float | None) -> float | None:
     return None if step_size is None else check_positive(step_size, "step_size")
 
 
-__all__ = ["Attack", "AttackStats", "FirstSuccess", "NORMS", "check_eps", "check_norm", "count_forwards", "eval_mode",
-           "dlr_loss", "dlr_targeted_loss", "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss",
-           "perturbation_norm", "project", "random_start"]
+__all__ = ["Attack", "AttackStats", "DEFAULT_EPS", "FirstSuccess", "NORMS", "THREAT_MODEL_TOLERANCE", "check_eps",
+           "check_norm", "count_forwards", "dlr_loss", "dlr_targeted_loss", "enforce_threat_model", "eval_mode",
+           "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss", "perturbation_norm", "project",
+           "random_start"]

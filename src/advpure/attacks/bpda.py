@@ -13,7 +13,6 @@ module; success is judged on the real defended model.
 
 from __future__ import annotations
 
-import copy
 from typing import Callable
 
 import torch
@@ -68,13 +67,6 @@ class BPDA(Attack):
 
     def gradient_model(self, model: nn.Module) -> nn.Module:
         return BPDAModel(model, self.approx)
-
-    def replace(self, **changes) -> "BPDA":
-        new = copy.copy(self)
-        new.base = self.base.replace(**changes)
-        for k in ("eps", "norm", "eot", "eot_batch", "early_stop", "seed"):
-            setattr(new, k, getattr(new.base, k))
-        return new
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits0 = self._validate(model, x, y)

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
-from .base import Attack, project
+from .base import DEFAULT_EPS, Attack, project
 
 
 class ConsistencyDisruption(Attack):
@@ -38,7 +38,7 @@ class ConsistencyDisruption(Attack):
 
     name = "cmap-disruption"
 
-    def __init__(self, *, eps: float = 8 / 255, norm: str = "linf", gamma: float = 1.0, steps: int = 30,
+    def __init__(self, *, eps: float = DEFAULT_EPS["linf"], norm: str = "linf", gamma: float = 1.0, steps: int = 30,
                  lr: float | None = None, seed: int | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot=1, seed=seed)
         self.gamma = check_positive(gamma, "gamma")

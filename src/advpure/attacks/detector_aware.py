@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
+from ..data import DEFAULT_LINF_EPS
 from .base import Attack, FirstSuccess, check_step_size, project, random_start
 
 
@@ -171,8 +172,8 @@ class DADPathPGD(_PathAttack):
 
     name = "dad-path-pgd"
 
-    def __init__(self, *, norm: str = "linf", eps: float = 0.2, steps: int = 100, step_size: float | None = None,
-                 mmd_weight: float = 1.0, eot: int = 8, random_start: bool = True, seed: int | None = None) -> None:
+    def __init__(self, *, norm: str = "linf", eps: float = DEFAULT_LINF_EPS["digits"], steps: int = 100,
+                 step_size: float | None = None, mmd_weight: float = 1.0, eot: int = 8, random_start: bool = True, seed: int | None = None) -> None:
         super().__init__(eps=eps, norm=norm, eot=eot, seed=seed)
         self.steps = check_int(steps, "steps", minimum=1)
         self.step_size = check_step_size(step_size)
@@ -227,8 +228,8 @@ class DetectorAwarePGD(_PathAttack):
 
     name = "detector-aware"
 
-    def __init__(self, *, norm: str = "linf", eps: float = 0.2, steps: int = 100, step_size: float | None = None,
-                 margin: float = 0.5, lam0: float = 1.0, random_start: bool = False,
+    def __init__(self, *, norm: str = "linf", eps: float = DEFAULT_LINF_EPS["digits"], steps: int = 100,
+                 step_size: float | None = None, margin: float = 0.5, lam0: float = 1.0, random_start: bool = False,
                  detector: DetectorStatistic | None = None, classifier: nn.Module | None = None,
                  seed: int | None = None) -> None:
         super().__init__(eps=eps, norm=norm, seed=seed)

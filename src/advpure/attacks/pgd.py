@@ -18,12 +18,11 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from .base import Attack, FirstSuccess, check_step_size, make_loss, project, random_start
+from .base import DEFAULT_EPS, Attack, FirstSuccess, check_step_size, make_loss, project, random_start
 
 #: literature defaults (Lee & Kim 2023, Table 1 setting)
 DEFAULT_STEPS = 200
 DEFAULT_STEP_SIZE_LINF = 0.007
-DEFAULT_EPS = {"linf": 8 / 255, "l2": 0.5}
 
 
 class PGD(Attack):

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from .base import Attack, margin_loss
+from .base import DEFAULT_EPS, Attack, margin_loss
 
 
 def p_selection(p_init: float, it: int, n_queries: int) -> float:
@@ -35,8 +35,10 @@ class Square(Attack):
 
     name = "square"
     gradient_based = False
+    _option_aliases = {"steps": "n_queries"}  # replace(steps=...) sets the query budget
+    _ignored_options = ("eot",)
 
-    def __init__(self, *, eps: float = 8 / 255, n_queries: int = 5000, p_init: float = 0.8,
+    def __init__(self, *, eps: float = DEFAULT_EPS["linf"], n_queries: int = 5000, p_init: float = 0.8,
                  early_stop: bool = True, seed: int | None = 0) -> None:
         super().__init__(eps=eps, norm="linf", eot=1, early_stop=early_stop, seed=seed)
         self.n_queries = check_int(n_queries, "n_queries", minimum=1)
@@ -44,14 +46,6 @@ class Square(Attack):
         self.p_init = check_positive(p_init, "p_init")
         if self.p_init > 1:
             raise ValueError(f"p_init: expected a fraction in (0, 1], got {p_init}")
-
-    def replace(self, **changes) -> "Square":
-        if "steps" in changes:
-            changes["n_queries"] = changes.pop("steps")
-        changes.pop("eot", None)
-        new = super().replace(**changes)
-        new.steps = new.n_queries
-        return new
 
     def _margin(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -41,15 +41,6 @@ class SurrogateProcess(Attack):
 
         self.eval_draws = check_int(eval_draws, "eval_draws", minimum=1)
 
-    def replace(self, **changes) -> "SurrogateProcess":
-        import copy
-
-        new = copy.copy(self)
-        new.pgd = self.pgd.replace(**changes)
-        for k in ("eps", "norm", "eot", "eot_batch", "early_stop", "seed"):
-            setattr(new, k, getattr(new.pgd, k))
-        return new
-
     def gradient_model(self, model: nn.Module) -> nn.Module:
         return self.surrogate
 

@@ -26,14 +26,6 @@ class Transfer(Attack):
         super().__init__(eps=self.base.eps, norm=self.base.norm, eot=self.base.eot, seed=self.base.seed)
         self.surrogate = surrogate
 
-    def replace(self, **changes) -> "Transfer":
-        import copy
-
-        new = copy.copy(self)
-        new.base = self.base.replace(**changes)
-        new.eps, new.norm = new.base.eps, new.base.norm
-        return new
-
     def _run(self, model, x, y, *, logits0, eot, generator):
         x_adv = self.base(self.surrogate, x, y)
         self.last_stats.iterations = self.base.last_stats.iterations

@@ -6,18 +6,24 @@ One error path for every sub-command (:func:`run_command`): a bad input (a ``Val
 ``OSError`` such as a missing or unreadable file, a corrupt safetensors or refused pickle file) is one line
 ``advpure COMMAND: error: ...`` naming the culprit and exit status 2; ``--debug`` (``advpure --debug COMMAND ...`` or
 ``advpure COMMAND ... --debug``) shows the traceback instead. Ctrl-C is one line and exit status 130. ``--device``
-and ``--threads`` are checked and applied here, before the command runs.
+and ``--threads`` are checked and applied here, before the command runs. Every ``--help`` shows the defaults
+(:class:`advpure.cli.options.HelpFormatter`); ``advpure list`` shows what the specs can name. The option vocabulary
+shared by the commands: :mod:`advpure.cli.options` and the README's "CLI vocabulary".
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pickle
 import sys
 
+from .options import HelpFormatter, all_parsers
+
 CLI_MODULES = (
     "advpure.cli.info",
+    "advpure.cli.listing",
     "advpure.cli.demo",
     "advpure.cli.train",
     "advpure.cli.eval",
@@ -60,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         if p is not parser and "--debug" not in p._option_string_actions:
             # SUPPRESS: absent unless given, so it never overwrites the global flag
             p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    for p in all_parsers(parser):
+        p.formatter_class = HelpFormatter
     return parser
 
 
@@ -108,6 +116,10 @@ def run_command(args: argparse.Namespace) -> int:
         if hasattr(args, "threads"):
             threads.apply(args.threads)
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader stopped early (advpure list | head): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         if getattr(args, "debug", False):
             raise

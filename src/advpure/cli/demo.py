@@ -11,12 +11,13 @@ from ..paths import check_writable
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="the main job on digits: defenses under adaptive attacks, report + figure")
-    p.add_argument("--out", default="advpure-demo", help="output folder (default ./advpure-demo/)")
+    p.add_argument("--out", default="advpure-demo", help="output directory (report.json, report.md, details.md, "
+                                                         "purification.png)")
     p.add_argument("--n", type=int, default=24, help="test images (seeded subset)")
     p.add_argument("--sanity-n", type=int, default=8, help="images used by the gradient-masking checks (>= 8)")
-    p.add_argument("--steps", type=int, default=5, help="PGD steps per attack (detector-aware attacks: 4x)")
+    p.add_argument("--steps", type=int, default=5, help="attack steps (detector-aware attacks: 4x)")
     p.add_argument("--eot", type=int, default=2, help="EOT samples for stochastic defenses")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     threads.add_argument(p)
     p.set_defaults(func=_main)
 

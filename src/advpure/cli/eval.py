@@ -8,16 +8,7 @@ import sys
 from pathlib import Path
 
 from .. import threads
-
-
-def _seeds(s: str) -> list[int]:
-    try:
-        out = [int(v) for v in s.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds: expected comma-separated integers like 0,1,2, got {s!r}") from None
-    if not out:
-        raise argparse.ArgumentTypeError("--seeds: expected at least one seed")
-    return out
+from .options import old_spelling, seeds
 
 
 def register(subparsers) -> None:
@@ -28,7 +19,7 @@ def register(subparsers) -> None:
                     "zoo/digits-small-cnn.safetensors --attack pgd:eps=0.1,steps=20 --n 100 --out r.json",
     )
     p.add_argument("--threat", default="adversarial", choices=("adversarial", "corruptions", "certify"),
-                   help="adversarial (default: --attack), corruptions (15 common corruptions x severities, "
+                   help="adversarial (under --attack), corruptions (15 common corruptions x severities, "
                         "with and without the defense) or certify (randomized smoothing)")
     p.add_argument("--corruptions", default="all", help="comma-separated corruption names (threat corruptions)")
     p.add_argument("--severities", default="1,2,3,4,5", help="comma-separated severities 1..5 (threat corruptions)")
@@ -36,22 +27,27 @@ def register(subparsers) -> None:
     p.add_argument("--n0", type=int, default=100, help="selection samples (threat certify; Cohen et al.: 100)")
     p.add_argument("--n-mc", type=int, default=10000, help="estimation samples (threat certify; Cohen et al.: 100000)")
     p.add_argument("--alpha", type=float, default=0.001, help="failure probability (threat certify)")
-    p.add_argument("--denoiser", default=None, help="diffusion model for one-shot denoised smoothing (threat certify)")
-    p.add_argument("--dataset", required=True, help="digits, cifar10 or folder")
+    p.add_argument("--model", default=None, help="diffusion model for one-shot denoised smoothing (threat certify; "
+                                                  "without it the classifier itself is smoothed)")
+    p.add_argument("--dataset", required=True, help="digits, cifar10, folder, imagenet... (advpure list datasets)")
     p.add_argument("--data-dir", default=None, help="dataset path (CIFAR-10 archive/folder, image folder)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--classifier", required=True, help="classifier spec for advpure.models.load_classifier")
-    p.add_argument("--defense", default="none", help="defense spec NAME:key=value,... (default none)")
+    p.add_argument("--split", default="test", help="dataset split evaluated")
+    p.add_argument("--classifier", required=True, help="classifier spec: PATH.safetensors, ARCH:PATH, module:... "
+                                                       "(advpure list models)")
+    p.add_argument("--defense", default="none", help="defense spec NAME:key=value,... (advpure list defenses)")
     p.add_argument("--attack", default="none", help="attack spec, e.g. standard (worst case over the standard attack "
                                                     "list for the defense, cheapest first), lite, "
-                                                    "pgd:norm=linf,eps=8/255,steps=200,eot=20; 'none' for clean accuracy only")
+                                                    "pgd:norm=linf,eps=8/255,steps=200,eot=20; 'none' for clean "
+                                                    "accuracy only (advpure list attacks)")
     p.add_argument("--surrogate-defense", default=None, help="defense spec used by the 'surrogate' attack")
     p.add_argument("--surrogate-classifier", default=None, help="classifier spec used by the 'transfer' attack")
     p.add_argument("--n", "--n-samples", dest="n", type=int, default=100,
-                   help="subset size (default 100); use --n-samples under torchrun, whose own options clash with --n")
-    p.add_argument("--subset-seed", type=int, default=0)
-    p.add_argument("--seeds", type=_seeds, default=[0], help="comma-separated seeds (default 0)")
-    p.add_argument("--batch-size", type=int, default=100)
+                   help="images (a seeded subset); use --n-samples under torchrun, whose own options clash with --n")
+    p.add_argument("--subset-seed", type=int, default=0, help="which images: the seed of the subset, the same for "
+                                                              "every --seeds")
+    p.add_argument("--seeds", type=seeds, default=[0], help="comma-separated seeds the run is repeated over (the "
+                                                            "defense's and the attack's randomness)")
+    p.add_argument("--batch-size", type=int, default=100, help="images per batch (a journal entry per batch)")
     p.add_argument("--eval-draws", type=int, default=20, help="fresh draws of a stochastic defense in the final "
                                                                "evaluation (default 20; the worst case is over these)")
     p.add_argument("--no-early-stop", action="store_true", help="return the last iterate instead of the first successful one")
@@ -68,12 +64,13 @@ def register(subparsers) -> None:
                    help="accept a bare architecture name as --classifier (a randomly initialised network)")
     p.add_argument("--out", default=None, help="write the result JSON here")
     p.add_argument("--journal", default=None, help="JSONL journal for resuming an interrupted run")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     threads.add_argument(p)
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    old_spelling(p, "--denoiser", "--model")
     p.set_defaults(func=_handler)
-    _DEFAULTS.update({a.dest: a.default for a in p._actions})
+    _DEFAULTS.update({a.dest: a.default for a in p._actions if a.default is not argparse.SUPPRESS})
 
 
 #: default value of every option (filled by :func:`register`), to tell which ones the user gave
@@ -86,7 +83,7 @@ _USED_BY = {
     "sanity_n": ("adversarial",), "sanity_queries": ("adversarial",), "convergence": ("adversarial",),
     "convergence_max_factor": ("adversarial",), "split": ("adversarial",),
     "corruptions": ("corruptions",), "severities": ("corruptions",),
-    "sigma": ("certify",), "n0": ("certify",), "n_mc": ("certify",), "alpha": ("certify",), "denoiser": ("certify",),
+    "sigma": ("certify",), "n0": ("certify",), "n_mc": ("certify",), "alpha": ("certify",), "model": ("certify",),
 }
 
 
@@ -96,7 +93,7 @@ def _option(dest: str) -> str:
 
 def check_options(args: argparse.Namespace) -> None:
     """Unknown or conflicting options are errors naming the option, raised before anything is loaded."""
-    from ..specs import names, parse_spec
+    from ..specs import check_spec, parse_spec
     from ..eval.sanity import MIN_SANITY_N
 
     for dest, threats_ in _USED_BY.items():
@@ -121,10 +118,10 @@ def check_options(args: argparse.Namespace) -> None:
         spec = getattr(args, dest)
         if spec is None or spec == "none":
             continue
-        name, _ = parse_spec(spec)
-        kind = "attack" if dest == "attack" else "defense"
-        if name not in names(kind):
-            raise ValueError(f"{_option(dest)} {spec}: unknown {kind} {name!r}; expected one of {', '.join(names(kind))}")
+        try:  # name, options and value types, before anything is loaded
+            check_spec("attack" if dest == "attack" else "defense", spec)
+        except ValueError as e:
+            raise ValueError(f"{_option(dest)} {spec}: {e}") from None
     if args.votes:
         if args.defense in (None, "none"):
             raise ValueError(f"--votes {args.votes}: a majority vote needs a stochastic defense, and --defense is none "
@@ -198,11 +195,11 @@ def _other_threat(args: argparse.Namespace) -> int:
         table = threats.corruptions_table(res)
     else:
         if args.defense not in (None, "none"):
-            raise ValueError("--threat certify smooths the classifier itself; use --denoiser PATH for denoised "
-                             "smoothing instead of --defense")
+            raise ValueError("--threat certify smooths the classifier itself; use --model PATH (a diffusion model) "
+                             "for denoised smoothing instead of --defense")
         res = threats.run_certify(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
                                   sigma=args.sigma, n0=args.n0, n_mc=args.n_mc, alpha=args.alpha, n=args.n,
-                                  subset_seed=args.subset_seed, seed=seed, denoiser=args.denoiser,
+                                  subset_seed=args.subset_seed, seed=seed, denoiser=args.model,
                                   batch_size=args.batch_size, allow_random_weights=args.allow_random_weights)
         table = "| radius | certified accuracy |\n|---|---|\n" + "\n".join(
             f"| {r} | {100 * a:.1f}% |" for r, a in res["certified_accuracy"].items())
@@ -216,9 +213,23 @@ def _other_threat(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_config(args: argparse.Namespace):
+    """The :class:`~advpure.eval.runner.EvalConfig` of the parsed options."""
+    from ..eval.runner import EvalConfig
+
+    return EvalConfig(dataset=args.dataset, n=args.n, subset_seed=args.subset_seed, seeds=args.seeds,
+                      batch_size=args.batch_size, split=args.split, data_dir=args.data_dir, device=args.device,
+                      eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
+                      sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, convergence=args.convergence,
+                      convergence_max_factor=args.convergence_max_factor, votes=args.votes,
+                      progress=not args.no_progress)
+
+
 def _handler(args: argparse.Namespace) -> int:
     # ---- every check before anything is loaded or attacked (--device and --threads: advpure.cli.run_command)
     check_options(args)
+    if args.threat == "adversarial":
+        eval_config(args)  # the settings' own checks
     check_outputs(args)
     check_data_fits(args)
     if args.threat != "adversarial":
@@ -226,16 +237,11 @@ def _handler(args: argparse.Namespace) -> int:
     from ..eval.runner import close_distributed, format_markdown, run_eval
 
     result = run_eval(
-        dataset=args.dataset, data_dir=args.data_dir, split=args.split,
+        eval_config(args),
         classifier=_classifier_arg(args.classifier, args.allow_random_weights),
-        defense=args.defense, attack=args.attack, n=args.n, subset_seed=args.subset_seed, seeds=args.seeds,
-        batch_size=args.batch_size, out=args.out, journal=args.journal, device=args.device,
-        eval_draws=args.eval_draws, early_stop=not args.no_early_stop, sanity=not args.no_sanity,
-        sanity_n=args.sanity_n, sanity_queries=args.sanity_queries, convergence=args.convergence,
-        convergence_max_factor=args.convergence_max_factor,
-        surrogate_defense=args.surrogate_defense,
-        surrogate_classifier=_classifier_arg(args.surrogate_classifier, args.allow_random_weights), votes=args.votes,
-        progress=not args.no_progress,
+        defense=args.defense, attack=args.attack, surrogate_defense=args.surrogate_defense,
+        surrogate_classifier=_classifier_arg(args.surrogate_classifier, args.allow_random_weights),
+        out=args.out, journal=args.journal,
     )
     import os
 
@@ -250,10 +256,13 @@ def _handler(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Stand-alone entry (``python -m advpure.cli.eval ...`` = ``advpure eval ...``), with the same error handling."""
     from . import run_command
+    from .options import HelpFormatter, all_parsers
 
     parser = argparse.ArgumentParser(prog="advpure")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     register(sub)
+    for q in all_parsers(parser):
+        q.formatter_class = HelpFormatter
     args = parser.parse_args(["eval", *(sys.argv[1:] if argv is None else argv)])
     return run_command(args)
 

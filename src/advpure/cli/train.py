@@ -13,6 +13,7 @@ from ..contracts import linf_budget
 from ..paths import check_writable
 from ..specs import parse_spec
 from ..train import consistency, diffusion
+from .options import old_spelling
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,19 +33,19 @@ def add_classifier(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="digits", help="digits | cifar10 | folder")
     p.add_argument("--data-dir", default=None, help="data location (cifar10/folder); or ADVPURE_CIFAR10")
     p.add_argument("--arch", default=None, help="architecture name (default per dataset: digits small-cnn, cifar10 resnet20)")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--weight-decay", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default per dataset)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default per dataset)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default per dataset)")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay (default per dataset)")
+    p.add_argument("--seed", type=int, default=0, help="the training seed (initialisation, data order)")
     p.add_argument("--train-subset", type=int, default=None, help="train on a seeded subset of this many images")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy (default 0)")
-    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine", help="learning-rate schedule (default cosine)")
-    p.add_argument("--warmup", type=float, default=0.2, help="one-cycle warm-up fraction (default 0.2)")
-    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum (default 0.9)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing of the cross-entropy")
+    p.add_argument("--schedule", choices=("cosine", "onecycle"), default="cosine", help="learning-rate schedule")
+    p.add_argument("--warmup", type=float, default=0.2, help="one-cycle warm-up fraction")
+    p.add_argument("--momentum", type=float, default=0.9, help="Nesterov momentum")
     p.add_argument("--pad", type=int, default=None, help="random-crop padding in pixels (default per dataset: 4 on CIFAR-10)")
     p.add_argument("--arch-kwargs", default=None, help="architecture options as key=value,... (e.g. head_scale=0.111)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
     threads.add_argument(p)
     p.set_defaults(func=_classifier)
@@ -96,18 +97,18 @@ def add_diffusion(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``diffusion`` to the ``advpure train`` sub-commands."""
     p = subparsers.add_parser("diffusion", help="train a small diffusion denoiser (eps prediction) for purification",
                               description=_first_paragraph(diffusion))
-    p.add_argument("--dataset", default="digits", help="digits or cifar10 (default digits)")
-    p.add_argument("--steps", type=int, default=3000, help="total optimisation steps (default 3000)")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size per process (default 128)")
+    p.add_argument("--dataset", default="digits", help="digits or cifar10")
+    p.add_argument("--steps", type=int, default=3000, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size per process")
     p.add_argument("--out", required=True, help="output directory (weights, sidecar, state, sample grid)")
-    p.add_argument("--t-max", type=float, default=1.0, help="train noise levels t in (t_min, t_max] only (default 1.0)")
+    p.add_argument("--t-max", type=float, default=1.0, help="train noise levels t in (t_min, t_max] only")
     p.add_argument("--time", choices=("continuous", "discrete"), default="continuous", help="time sampling")
-    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate (default 2e-3)")
+    p.add_argument("--lr", type=float, default=2e-3, help="Adam learning rate")
     p.add_argument("--t-focus", type=_focus, default=None, metavar="T:SHARE",
                    help="draw SHARE of each batch from t <= T, the rest from T < t <= t_max (default: uniform)")
-    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default 0.999)")
-    p.add_argument("--save-every", type=int, default=1000, help="write the resumable state every N steps (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights")
+    p.add_argument("--save-every", type=int, default=1000, help="write the resumable state every N steps")
+    p.add_argument("--seed", type=int, default=0, help="the training seed")
     p.add_argument("--preset", default=None, help="UNet preset (default from dataset: digits, cifar10-small)")
     p.add_argument("--data-dir", default=None, help="dataset source (e.g. CIFAR-10 tar.gz)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -125,7 +126,7 @@ def _consistency(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", "dir")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     res = train_consistency(dataset=args.dataset, mode=args.mode, teacher=args.teacher, steps=args.steps,
-                            batch_size=args.batch_size, out=args.out, lr=args.lr, n_cd=args.n, metric=args.metric,
+                            batch_size=args.batch_size, out=args.out, lr=args.lr, n_cd=args.n_discretisation, metric=args.metric,
                             seed=args.seed, resume=args.resume, preset=args.preset, data_dir=args.data_dir, device=args.device,
                             name=args.name, classifier=args.classifier)
     print(f"saved {res['weights']} ({res['steps']} steps, {res['seconds']:.1f} s, final loss {res['final_loss']:.4g})")
@@ -141,25 +142,26 @@ def add_consistency(subparsers: Any) -> argparse.ArgumentParser:
     """Add ``consistency`` to the ``advpure train`` sub-commands."""
     p = subparsers.add_parser("consistency", help="train a consistency model (CD from a diffusion teacher, or CT)",
                               description=_first_paragraph(consistency))
-    p.add_argument("--dataset", default="digits")
+    p.add_argument("--dataset", default="digits", help="digits or cifar10")
     p.add_argument("--mode", choices=("cd", "ct"), default="cd", help="distillation (needs --teacher) or training")
     p.add_argument("--teacher", default=None, help="VP diffusion eps-model (.safetensors + sidecar) for --mode cd")
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--n", type=int, default=consistency.CD_N, help="CD discretisation steps N (default 18)")
+    p.add_argument("--steps", type=int, default=3000, help="total optimisation steps")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size")
+    p.add_argument("--out", required=True, help="output directory (weights, sidecar, state, sample grid)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    p.add_argument("--n-discretisation", type=int, default=consistency.CD_N,
+                   help="CD discretisation steps N of the teacher's ODE")
     p.add_argument("--metric", choices=("l2", "pseudo-huber"), default=None,
                    help="default l2 for cd, pseudo-huber for ct")
     p.add_argument("--preset", default=None,
                    help="UNet for F: digits-cm (default for digits, channels 16/32), digits, "
                         "cifar10-tiny (1.1M), cifar10-small (default for cifar10)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=0, help="the training seed")
+    p.add_argument("--data-dir", default=None, help="dataset source (e.g. CIFAR-10 tar.gz)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--name", default=None, help="file stem (default <dataset>-cm-<mode>)")
     p.add_argument("--classifier", default=None, help="classifier spec to measure sample recognisability")
-    p.add_argument("--resume", action="store_true")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/<name>.state.pt")
     threads.add_argument(p)
     p.set_defaults(func=_consistency)
     return p
@@ -167,14 +169,16 @@ def add_consistency(subparsers: Any) -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- kernel, denoiser (DAD)
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"])
+    p.add_argument("--dataset", default="digits", choices=["digits", "cifar10", "folder"], help="training data")
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10/folder)")
     p.add_argument("--classifier", required=True, help="classifier spec, e.g. zoo/digits-small-cnn.safetensors")
-    p.add_argument("--attack-eps", type=linf_budget, default=None,
-                   help="L-inf PGD radius (default: 0.2 digits, 8/255 cifar10)")
-    p.add_argument("--attack-steps", type=int, default=10, help="PGD steps (DAD: 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eps", type=linf_budget, default=None,
+                   help="l_inf budget of the PGD training examples (default: 0.2 digits, 8/255 cifar10)")
+    p.add_argument("--attack-steps", type=int, default=10, help="PGD steps of the training examples (DAD: 10; "
+                                                                "--steps in training means optimiser steps)")
+    p.add_argument("--seed", type=int, default=0, help="the training seed")
     threads.add_argument(p)
+    old_spelling(p, "--attack-eps", "--eps")
 
 
 def _kernel(args: argparse.Namespace) -> int:
@@ -182,7 +186,7 @@ def _kernel(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "--out", "file", suffix=".safetensors")
     result = run_train_kernel(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier, out=args.out,
-                              attack_eps=args.attack_eps, attack_steps=args.attack_steps, seed=args.seed,
+                              attack_eps=args.eps, attack_steps=args.attack_steps, seed=args.seed,
                               featurizer=args.featurizer, proj_dim=args.proj_dim, n_train=args.n_train,
                               epochs=args.epochs, lr=args.lr, eval_m=args.eval_m, eval_tests=args.eval_tests)
     print(json.dumps({"out": str(args.out), **result}, indent=2))
@@ -211,7 +215,7 @@ def _denoiser(args: argparse.Namespace) -> int:
 
     check_writable(args.out, "--out", "file", suffix=".safetensors")
     result = run_train_denoiser(dataset=args.dataset, data_dir=args.data_dir, classifier=args.classifier,
-                                kernel=args.kernel, out=args.out, attack_eps=args.attack_eps,
+                                kernel=args.kernel, out=args.out, attack_eps=args.eps,
                                 attack_steps=args.attack_steps, seed=args.seed, n_clean=args.n_clean,
                                 n_adv=args.n_adv, n_test=args.n_test, epochs=args.epochs, lr=args.lr,
                                 batch_size=args.batch_size, alpha=args.alpha, noise_std=args.noise_std,
@@ -231,9 +235,9 @@ def add_denoiser(train_subparsers) -> argparse.ArgumentParser:
                    help="attack only this many of the remaining train images (default: all; use e.g. 2000 on CIFAR-10)")
     p.add_argument("--n-test", type=int, default=None,
                    help="evaluate on a seeded subset of this many test images (default: the whole test split)")
-    p.add_argument("--epochs", type=int, default=60, help="(DAD: 60)")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam (DAD: 1e-3)")
-    p.add_argument("--batch-size", type=int, default=100, help="(DAD: 100)")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs (DAD: 60)")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (DAD: 1e-3)")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size (DAD: 100)")
     p.add_argument("--alpha", type=float, default=0.01, help="CE weight (DAD: CE + 100 MMD, i.e. 0.01)")
     p.add_argument("--noise-std", type=float, default=0.25, help="Gaussian noise before denoising (DAD: 0.25)")
     p.add_argument("--width", type=int, default=32, help="U-Net base width")

@@ -25,13 +25,13 @@ the authors clamp the noise itself to [0, 1]) is added before denoising, in trai
 from __future__ import annotations
 
 import logging
-import math
 from typing import Sequence
 
 import torch
 import torch.nn as nn
 
 from ..contracts import check_images, check_int, check_positive
+from ..detect.conformal import conformal_threshold
 from ..detect.kernels import DeepKernel, cat_embeddings, index_embedding, load_kernel
 from ..detect.mmd import min_sample_size, mmd2_unbiased, permutation_test, split_gram, wild_bootstrap_test
 from ..specs import SpecContext, register
@@ -105,16 +105,13 @@ def save_denoiser(denoiser: ResidualUNet, path, *, input_shape: Sequence[int], *
 
 
 def load_denoiser(path, *, input_shape: Sequence[int] | None = None) -> ResidualUNet:
-    from ..checkpoint import load_into, load_state_dict, read_sidecar, verify_sha256
+    from ..checkpoint import load_artifact, load_into
 
-    meta = read_sidecar(path)
-    if meta.get("kind") != "dad-denoiser":
-        raise ValueError(f"{path}: sidecar kind is {meta.get('kind')!r}, expected 'dad-denoiser'")
-    verify_sha256(path, meta.get("sha256"))
+    sd, meta = load_artifact(path, kind="dad-denoiser", what="denoiser")
     if input_shape is not None and tuple(meta["input_shape"]) != tuple(input_shape):
         raise ValueError(f"{path}: denoiser trained for inputs {tuple(meta['input_shape'])}, data has {tuple(input_shape)}")
     model = ResidualUNet(**meta["kwargs"])
-    load_into(model, load_state_dict(path), what=f"denoiser {path}")
+    load_into(model, sd, what=f"denoiser {path}")
     model.sidecar = meta
     return model.eval()
 
@@ -132,16 +129,6 @@ def add_noise(x: torch.Tensor, *, std: float, rectified: bool = True,
 
 
 # --------------------------------------------------------------------------- the defense
-def _quantile_threshold(scores: torch.Tensor, fpr: float) -> float:
-    """The ceil((1 - fpr)(n + 1))-th smallest score: P(clean score > t) <= fpr for exchangeable scores."""
-    n = scores.numel()
-    k = math.ceil((1 - fpr) * (n + 1))
-    if k > n:
-        raise ValueError(f"calibration: {n} clean scores cannot give a false-positive rate of {fpr}; "
-                         f"need at least {math.ceil(1 / fpr) - 1}")
-    return float(scores.flatten().sort().values[k - 1])
-
-
 class DAD(Purifier):
     """DAD at inference: detect with MMD-OPT, pass clean inputs through untouched, denoise the rest.
 
@@ -281,14 +268,14 @@ class DAD(Purifier):
         g = torch.Generator().manual_seed(seed)
         stats = torch.stack([self.batch_statistic(clean[torch.randperm(clean.shape[0], generator=g)[:batch_size]])[1]
                              for _ in range(n_batches)])
-        t = _quantile_threshold(stats, fpr)
+        t = conformal_threshold(stats, fpr)
         self.batch_thresholds[batch_size] = t
         return t
 
     def calibrate_sample(self, clean: torch.Tensor, *, fpr: float = 0.05) -> float:
         """Per-sample threshold: the (1 - fpr) quantile of held-out clean scores."""
         self._check(clean)
-        self.sample_threshold = _quantile_threshold(self.sample_scores(clean), fpr)
+        self.sample_threshold = conformal_threshold(self.sample_scores(clean), fpr)
         return self.sample_threshold
 
     def describe(self) -> dict:

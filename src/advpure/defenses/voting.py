@@ -1,15 +1,19 @@
 """Majority voting over independent purifications (Lee & Kim, ICCV 2023; also used by DiffPure-style
 evaluations): classify K independent purifications of each image and return the most frequent class.
 
-:class:`MajorityVote` behaves like a classifier: ``forward(x)`` returns **log vote frequencies**
-``log((votes_c + tie) / (K + tie_total))`` so that ``argmax`` is the voted class. Ties between classes
-with equal votes are broken by the mean softmax probability (``tie = 1e-3 * mean_softmax``), which is
-also what keeps the log finite for classes nobody voted for. The vote is piecewise constant (no useful
-gradient); its gradient is taken from :meth:`MajorityVote.surrogate`, the log of the mean softmax over
-the K runs (differentiable through the purifier), the EOT-style surrogate of the vote (straight-through).
+A voting classifier (:class:`VotingClassifier`: :class:`MajorityVote` here, CMAP's
+:class:`~advpure.defenses.cmap.CMAPClassifier` over its K latents) behaves like a classifier: ``forward(x)``
+returns **log vote frequencies** ``log((votes_c + tie) / (K + tie_total))`` so that ``argmax`` is the voted
+class. Ties between classes with equal votes are broken by the mean softmax probability
+(``tie = 1e-3 * mean_softmax``), which is also what keeps the log finite for classes nobody voted for. The vote
+is piecewise constant (no useful gradient); its gradient is taken from the surrogate, the log of the mean
+softmax over the K draws (differentiable through the purifier), the EOT-style surrogate of the vote
+(straight-through: :func:`straight_through_vote`).
 """
 
 from __future__ import annotations
+
+import abc
 
 import torch
 import torch.nn as nn
@@ -19,23 +23,45 @@ from ..contracts import check_images, check_int, check_logits
 from .base import Purifier, module_generator
 
 
-class MajorityVote(nn.Module):
-    """Majority vote of ``classifier(purifier(x))`` over ``k`` independent purifications.
+def vote_log_frequencies(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Log vote frequencies from the logits of K draws (along ``dim``; classes last), ties broken by the mean
+    softmax: (K, N, classes) -> (N, classes) for ``dim=0``. Not differentiable (a count)."""
+    k = logits.shape[dim]
+    counts = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(dim).to(logits.dtype)
+    tie = 1e-3 * logits.softmax(-1).mean(dim)
+    return torch.log((counts + tie) / (k + 1e-3))
 
-    The K purifications run as one batch of K*N images (``chunk`` limits the batch size), each with its
-    own noise from the module's generator (``reseed``). Attributes used by attacks/evaluation:
-    ``voting = True``, ``classifier``, ``defense``, ``k``, ``stochastic``, ``nfe`` (= k * purifier nfe).
+
+def vote_surrogate(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The differentiable surrogate of the vote: ``log mean_k softmax(logits_k)`` over the K draws along ``dim``."""
+    return torch.logsumexp(logits.log_softmax(-1), dim=dim) - torch.log(torch.tensor(float(logits.shape[dim])))
+
+
+def straight_through_vote(logits: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """The vote's log frequencies as the *value* and, when ``logits`` carry a graph, the gradient of
+    :func:`vote_surrogate` (from the same K draws): gradient attacks run on a voting model directly and
+    their success is judged on the real vote."""
+    vote = vote_log_frequencies(logits.detach(), dim)
+    if not logits.requires_grad:
+        return vote
+    sur = vote_surrogate(logits, dim)
+    return vote + (sur - sur.detach())
+
+
+class VotingClassifier(nn.Module, abc.ABC):
+    """Straight-through majority vote of ``classifier`` over K draws of a stochastic ``defense``.
+
+    Subclasses implement :meth:`draw_logits` (the K draws' logits, shape (K, N, classes)) from the module's own
+    generator (``reseed``). Attributes used by attacks/evaluation: ``voting = True``, ``classifier``,
+    ``defense``, ``stochastic``, ``nfe``.
     """
 
     voting = True
 
-    def __init__(self, classifier: nn.Module, purifier: nn.Module, *, k: int = 10, seed: int = 0,
-                 chunk: int | None = None) -> None:
+    def __init__(self, classifier: nn.Module, defense: nn.Module, *, seed: int = 0) -> None:
         super().__init__()
         self.classifier = classifier
-        self.defense = purifier
-        self.k = check_int(k, "k")
-        self.chunk = check_int(chunk, "chunk") if chunk is not None else None
+        self.defense = defense
         self.generator: torch.Generator | None = None
         self.reseed(seed)
 
@@ -47,11 +73,48 @@ class MajorityVote(nn.Module):
     def stochastic(self) -> bool:
         return bool(getattr(self.defense, "stochastic", False))
 
+    @abc.abstractmethod
+    def draw_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the K draws, shape (K, N, classes)."""
+
+    def purify(self, x: torch.Tensor) -> torch.Tensor:
+        """One purification of ``x`` (for image-quality reports and BPDA's forward)."""
+        return self.defense(x, generator=self.generator) if isinstance(self.defense, Purifier) else self.defense(x)
+
+    def votes(self, x: torch.Tensor) -> torch.Tensor:
+        """Vote counts per class, shape (N, classes)."""
+        with torch.no_grad():
+            logits = self.draw_logits(x)
+        return F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).to(logits.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log vote frequencies; when autograd is recording, the gradient is the surrogate's
+        (:func:`straight_through_vote`)."""
+        return straight_through_vote(self.draw_logits(x))
+
+    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable surrogate of the vote: ``log mean_k softmax(classifier(purify_k(x)))``, shape (N, classes)."""
+        return vote_surrogate(self.draw_logits(x))
+
+
+class MajorityVote(VotingClassifier):
+    """Majority vote of ``classifier(purifier(x))`` over ``k`` independent purifications.
+
+    The K purifications run as one batch of K*N images (``chunk`` limits the batch size), each with its
+    own noise from the module's generator (``reseed``). ``nfe`` = k * purifier nfe.
+    """
+
+    def __init__(self, classifier: nn.Module, purifier: nn.Module, *, k: int = 10, seed: int = 0,
+                 chunk: int | None = None) -> None:
+        super().__init__(classifier, purifier, seed=seed)
+        self.k = check_int(k, "k")
+        self.chunk = check_int(chunk, "chunk") if chunk is not None else None
+
     @property
     def nfe(self) -> float:
         return self.k * float(getattr(self.defense, "nfe", 0.0))
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def draw_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the K purifications, shape (K, N, classes)."""
         check_images(x)
         n = x.shape[0]
@@ -65,35 +128,22 @@ class MajorityVote(nn.Module):
         logits = check_logits(torch.cat(outs), xs.shape[0], name="classifier output")
         return logits.view(self.k, n, -1)
 
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
-        """One purification of ``x`` (for image-quality reports)."""
-        return self.defense(x, generator=self.generator) if isinstance(self.defense, Purifier) else self.defense(x)
-
-    def votes(self, x: torch.Tensor) -> torch.Tensor:
-        """Vote counts per class, shape (N, classes)."""
-        with torch.no_grad():
-            logits = self._run(x)
-        return F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(0).to(logits.dtype)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log vote frequencies. When autograd is recording, the output's *value* is the vote and its
-        *gradient* is that of :meth:`surrogate` (straight-through), from the same K purifications, so
-        gradient attacks run on this module directly and their success is judged on the real vote."""
-        logits = self._run(x)
-        ld = logits.detach()
-        counts = F.one_hot(ld.argmax(-1), ld.shape[-1]).sum(0).to(ld.dtype)
-        tie = 1e-3 * ld.softmax(-1).mean(0)
-        vote = torch.log((counts + tie) / (self.k + 1e-3))
-        if not logits.requires_grad:
-            return vote
-        sur = torch.logsumexp(logits.log_softmax(-1), dim=0) - torch.log(torch.tensor(float(self.k)))
-        return vote + (sur - sur.detach())
-
-    def surrogate(self, x: torch.Tensor) -> torch.Tensor:
-        """Differentiable surrogate of the vote: ``log mean_k softmax(classifier(purify_k(x)))``, shape (N, classes)."""
-        logits = self._run(x)
-        return torch.logsumexp(logits.log_softmax(-1), dim=0) - torch.log(torch.tensor(float(self.k)))
-
     def describe(self) -> dict:
         d = getattr(self.defense, "describe", None)
         return {"voting": self.k, "defense": d() if callable(d) else type(self.defense).__name__, "seed": self._seed}
+
+
+def voting_classifier(classifier: nn.Module, defense: nn.Module, votes: int) -> VotingClassifier:
+    """The majority vote of ``classifier`` over ``votes`` draws of a stochastic ``defense``: the defense's own
+    voting model when it offers one (``defense.voting_classifier(classifier, votes)``, e.g. CMAP votes over its
+    K latents), else :class:`MajorityVote` over ``votes >= 2`` purifications."""
+    own = getattr(defense, "voting_classifier", None)
+    if callable(own):
+        return own(classifier, votes)
+    if votes < 2:
+        raise ValueError(f"votes: a majority vote needs K >= 2 purifications, got {votes} (0 = no vote)")
+    return MajorityVote(classifier, defense, k=votes)
+
+
+__all__ = ["MajorityVote", "VotingClassifier", "straight_through_vote", "vote_log_frequencies", "vote_surrogate",
+           "voting_classifier"]

@@ -28,7 +28,6 @@ mean_j k(x, r_j)`` -- large when x is closer to adversarial EPS features than to
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -37,6 +36,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..contracts import check_images, check_int, check_positive
+from .conformal import conformal_min_scores, conformal_threshold
 from .eps import DEFAULT_T_LEVELS, expected_perturbation_score
 from .kernels import DeepKernel, build_deep_kernel, cat_embeddings
 from .mmd import mmd2_unbiased, mmd2_variance, split_gram
@@ -58,18 +58,6 @@ def eps_features(eps_model: Callable, x: torch.Tensor, *, schedule, t_levels: Se
             out.append(expected_perturbation_score(eps_model, x[i:i + batch_size], schedule=schedule,
                                                    t_levels=t_levels, generator=generator))
     return torch.cat(out)
-
-
-def conformal_threshold(scores: torch.Tensor, fpr: float) -> float:
-    """The ceil((1 - fpr)(n + 1))-th smallest of n clean scores: P(new clean score > t) <= fpr."""
-    if not 0 < fpr < 1:
-        raise ValueError(f"fpr: expected a rate in (0, 1), got {fpr}")
-    n = scores.numel()
-    k = math.ceil((1 - fpr) * (n + 1))
-    if k > n:
-        raise ValueError(f"calibration: {n} clean scores cannot give a false-positive rate of {fpr}; "
-                         f"need at least {math.ceil((1 - fpr) / fpr)} held-out clean images")
-    return float(scores.flatten().sort().values[k - 1])
 
 
 def auroc(neg: torch.Tensor, pos: torch.Tensor) -> float:
@@ -213,9 +201,7 @@ class EPSAD(nn.Module):
     def calibrate(self, clean: torch.Tensor, *, fpr: float = 0.05, generator: torch.Generator | None = None) -> float:
         """Threshold = conformal (1 - fpr) quantile of held-out clean scores (images disjoint from the reference)."""
         check_images(clean, name="calibration images")
-        if not 0 < fpr < 1:
-            raise ValueError(f"fpr: expected a rate in (0, 1), got {fpr}")
-        need = math.ceil((1 - fpr) / fpr)
+        need = conformal_min_scores(fpr)
         if clean.shape[0] < need:
             raise ValueError(f"calibration: {clean.shape[0]} clean images cannot give a false-positive rate of "
                              f"{fpr}; need at least {need}")

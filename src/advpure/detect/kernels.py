@@ -296,12 +296,9 @@ def load_kernel(path, *, classifier: nn.Module | None = None, input_shape: Seque
     A semantic kernel needs the ``classifier`` it was trained for (same architecture and weights, checked by
     fingerprint); ``input_shape``, when given, must equal the recorded one. Mismatches raise ValueError.
     """
-    from ..checkpoint import load_into, load_state_dict, read_sidecar, verify_sha256
+    from ..checkpoint import load_artifact, load_into
 
-    meta = read_sidecar(path)
-    if meta.get("kind") != "mmd-kernel":
-        raise ValueError(f"{path}: sidecar kind is {meta.get('kind')!r}, expected 'mmd-kernel'")
-    verify_sha256(path, meta.get("sha256"))
+    sd, meta = load_artifact(path, kind="mmd-kernel", what="kernel")
     shape = tuple(meta["input_shape"])
     if input_shape is not None and tuple(int(v) for v in input_shape) != shape:
         raise ValueError(f"{path}: kernel trained for inputs of shape {shape} (C, H, W), "
@@ -325,6 +322,6 @@ def load_kernel(path, *, classifier: nn.Module | None = None, input_shape: Seque
                                    cnn_out_dim=fz["out_dim"])
     else:
         raise ValueError(f"{path}: unknown featurizer type {fz['type']!r}")
-    load_into(kernel, load_state_dict(path), what=f"kernel {path}")
+    load_into(kernel, sd, what=f"kernel {path}")
     kernel.sidecar = meta
     return kernel.eval()

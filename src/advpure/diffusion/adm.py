@@ -356,15 +356,10 @@ def load_adm(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *
     256x256 unconditional model). ``use_fp16`` converts the torso to half precision on CUDA devices only.
     Weights are read with ``torch.load(weights_only=True)`` and cast to float32 before any fp16 conversion.
     """
-    from ..checkpoint import verify_sha256
+    from ..checkpoint import read_torch_file
 
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"guided-diffusion checkpoint {p} does not exist")
-    verify_sha256(p, sha256)
-    from ..checkpoint import torch_load_weights
-
-    sd = torch_load_weights(p)
+    sd = read_torch_file(p, sha256=sha256, what="guided-diffusion checkpoint")
     if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
         sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

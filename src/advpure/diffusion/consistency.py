@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
@@ -278,23 +277,17 @@ def ct_schedule(k: int, total: int, *, s0: int = 2, s1: int = 150, mu0: float = 
 def load_consistency_model(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None = None
                            ) -> tuple[ConsistencyModel, dict]:
     """Load ``<name>.safetensors`` + JSON sidecar written by :mod:`advpure.train.consistency` (eval mode)."""
-    from ..checkpoint import load_into, load_state_dict, read_sidecar
+    from ..checkpoint import load_artifact, load_into, resolve_artifact
     from .models import _shape_of, build_unet
 
-    p = Path(path).expanduser()
-    if p.suffix != ".safetensors" and p.with_suffix(".safetensors").is_file():
-        p = p.with_suffix(".safetensors")
-    if not p.is_file():
-        raise FileNotFoundError(f"consistency model {path} not found (expected a .safetensors file with a JSON sidecar)")
-    meta = read_sidecar(p)
-    if meta.get("kind") != "consistency" or "unet_config" not in meta:
-        raise ValueError(f"{p}: sidecar kind is {meta.get('kind')!r}, expected 'consistency' with a 'unet_config'")
+    p = resolve_artifact(path)
+    sd, meta = load_artifact(p, kind="consistency", require=("unet_config",), what="consistency model")
     shape = _shape_of(meta["unet_config"])
     if image_shape is not None and tuple(image_shape) != shape:
         raise ValueError(f"{p}: consistency model is for {shape[0]}x{shape[1]}x{shape[2]} images (CxHxW) but "
                          f"{tuple(image_shape)} were requested")
     net = build_unet(meta["unet_config"])
-    load_into(net, load_state_dict(p, sha256=meta.get("sha256")), what=str(p))
+    load_into(net, sd, what=str(p))
     cm = ConsistencyModel(net, image_shape=shape, sigma_min=meta.get("sigma_min", SIGMA_MIN),
                           sigma_max=meta.get("sigma_max", SIGMA_MAX), sigma_data=meta.get("sigma_data", SIGMA_DATA))
     return cm.eval(), {**meta, "source": str(p)}

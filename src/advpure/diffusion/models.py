@@ -219,7 +219,7 @@ def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] 
     configuration, or another one from a JSON file: ``score_sde:PATH@config.json``. ``image_shape`` (C, H, W)
     must match what the model was trained on.
     """
-    from ..checkpoint import load_into, load_state_dict, read_sidecar
+    from ..checkpoint import load_artifact, load_into, resolve_artifact
 
     kind, sep, rest = str(path).partition(":")
     if sep and kind in ("score_sde", "guided_diffusion"):
@@ -246,18 +246,14 @@ def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] 
         net = load_unet(p, image_shape=image_shape)
         meta = {"source": str(p), "format": "diffusers", "unet_config": dict(net.config), "t_max": 1.0}
         return DiscreteTimeAdapter(net, image_shape=_shape_of(net.config)).eval(), meta
-    if p.suffix != ".safetensors" and p.with_suffix(".safetensors").is_file():
-        p = p.with_suffix(".safetensors")
-    if not p.is_file():
-        raise FileNotFoundError(f"diffusion model {path} not found (expected a .safetensors file with a JSON sidecar, "
-                                "or a diffusers folder with config.json)")
-    meta = read_sidecar(p)
-    if "unet_config" not in meta:
-        raise ValueError(f"{p}: sidecar has no 'unet_config'; is this a diffusion checkpoint?")
+    p = resolve_artifact(p)
+    # kind "diffusion" (sidecars written before the kind was recorded have none)
+    sd, meta = load_artifact(p, kind=("diffusion", None), require=("unet_config",), what="diffusion model",
+                             expected="a .safetensors file with a JSON sidecar, or a diffusers folder with config.json")
     shape = _shape_of(meta["unet_config"])
     _check_shape(shape, image_shape, str(p))
     net = build_unet(meta["unet_config"])
-    load_into(net, load_state_dict(p, sha256=meta.get("sha256")), what=str(p))
+    load_into(net, sd, what=str(p))
     meta = {**meta, "source": str(p), "format": "advpure"}
     return DiscreteTimeAdapter(net.eval(), n_steps=int(meta.get("n_steps", 1000)), image_shape=shape,
                                t_max=float(meta.get("t_max", 1.0))).eval(), meta

@@ -347,15 +347,10 @@ def load_score_sde(path: str | os.PathLike, config: Mapping[str, Any] | None = N
     parameter, in parameter order); their count and shapes must match the config exactly, else a
     ValueError names the first mismatching parameters. The ``model`` entry's values are never used.
     """
-    from ..checkpoint import verify_sha256
+    from ..checkpoint import read_torch_file
 
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"score_sde checkpoint {p} does not exist")
-    verify_sha256(p, sha256)
-    from ..checkpoint import torch_load_weights
-
-    ckpt = torch_load_weights(p)
+    ckpt = read_torch_file(p, sha256=sha256, what="score_sde checkpoint")
     if not isinstance(ckpt, Mapping) or "ema" not in ckpt:
         keys = sorted(ckpt) if isinstance(ckpt, Mapping) else type(ckpt).__name__
         raise ValueError(f"{p}: not a score_sde training checkpoint: missing key 'ema' (the EMA weights the "

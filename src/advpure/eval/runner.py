@@ -8,7 +8,9 @@ tasks and produces the same final numbers. Under ``torchrun`` (``WORLD_SIZE`` > 
 round-robin to the ranks (gloo backend on CPU), each rank keeps its own journal
 (``JOURNAL.rank{r}of{w}``), and rank 0 merges all records and writes the result.
 
-Protocol: see :mod:`advpure.eval.protocol`; gradient-masking checks: :mod:`advpure.eval.sanity`.
+Protocol: see :mod:`advpure.eval.protocol`; gradient-masking checks: :mod:`advpure.eval.sanity`. The settings of a
+run are an :class:`EvalConfig`; ``run_eval(config, classifier=..., defense=..., attack=...)`` or, equivalently, the
+settings as keywords (``run_eval(dataset="digits", n=8, classifier=...)``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import logging
 import os
 import platform
 import time
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -93,15 +96,9 @@ def _wrap(clf: nn.Module, defense: nn.Module | None, votes: int) -> nn.Module:
     if defense is None or not is_stochastic(defense):
         raise ValueError(f"votes: a majority vote needs a stochastic defense; {type(defense).__name__} would repeat "
                          "one prediction (use --votes 0)")
-    from ..defenses.cmap import CMAP, CMAPClassifier
+    from ..defenses.voting import voting_classifier
 
-    if isinstance(defense, CMAP):
-        return CMAPClassifier(clf, defense, vote=True)
-    if votes < 2:
-        raise ValueError(f"votes: a majority vote needs K >= 2 purifications, got {votes} (0 = no vote)")
-    from ..defenses.voting import MajorityVote
-
-    return MajorityVote(clf, defense, k=votes)
+    return voting_classifier(clf, defense, votes)
 
 
 def run_identity(config: dict, *, clf: nn.Module, defense: nn.Module | None, attack: Any, sub: Any,
@@ -157,44 +154,121 @@ def close_distributed() -> None:
         dist.destroy_process_group()
 
 
-def run_eval(*, dataset: str, classifier: str | nn.Module, defense: str | nn.Module | None = "none",
-             attack: str | Attack | None = "none", n: int = 100, subset_seed: int = 0,
-             seeds: Sequence[int] = (0,), batch_size: int = 100, split: str = "test",
-             data_dir: str | os.PathLike | None = None, out: str | os.PathLike | None = None,
-             journal: str | os.PathLike | None = None, device: str = "cpu", eval_draws: int = 20,
-             early_stop: bool = True, sanity: bool = True, sanity_n: int = 32, sanity_queries: int = 200,
-             convergence: bool = False, convergence_max_factor: int = 8,
-             surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
-             votes: int = 0, progress: bool = True) -> dict:
-    """Evaluate and return the result record (also written to ``out`` as JSON when given).
+@dataclass
+class EvalConfig:
+    """The settings of an evaluation (everything :func:`run_eval` takes besides the models and the outputs).
 
-    ``classifier``: a spec for :func:`advpure.models.load_classifier` or a module; ``defense``: a defense spec
-    (``advpure.specs.build("defense", ...)``), a module, or None/"none"; ``attack``: an attack spec, an
-    :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only). ``eval_draws`` fresh draws of a
-    stochastic defense in the final evaluation; ``early_stop``: evaluate-while-optimising (applied unless the
-    attack spec sets ``early_stop`` itself). ``sanity``: gradient-masking checks on ``sanity_n`` samples.
+    ``dataset``/``split``/``data_dir``: the data (:func:`advpure.data.load_dataset`); ``n`` images of the seeded
+    subset ``subset_seed`` (the same images for every seed), evaluated in batches of ``batch_size`` on ``device``;
+    ``seeds``: the seeds the run is repeated over (the defense's and the attack's randomness; mean and std over them).
+    ``eval_draws`` fresh draws of a stochastic defense in the final evaluation; ``early_stop``:
+    evaluate-while-optimising (applied unless the attack spec sets ``early_stop`` itself). ``sanity``:
+    gradient-masking checks on ``sanity_n`` samples (``sanity_queries`` Square queries in the black-box check).
     ``convergence``: on the sanity subset, double the attack's steps (and EOT) until robust accuracy is flat within
     its 95% interval, at most ``convergence_max_factor`` x (:func:`advpure.eval.sanity.convergence_curve`).
     ``votes``: 0 = classify one purification; K >= 2 = majority vote over K purifications
     (:class:`~advpure.defenses.voting.MajorityVote`); for a CMAP defense any ``votes >= 1`` votes over its own
-    K latents (:class:`~advpure.defenses.cmap.CMAPClassifier`). Voting models are evaluated as the voted prediction.
+    K latents (:class:`~advpure.defenses.cmap.CMAPClassifier`). ``progress``: a progress bar.
+
+    Checked when made: a ``ValueError``/``TypeError`` naming the field.
     """
+
+    dataset: str
+    n: int = 100
+    subset_seed: int = 0
+    seeds: Sequence[int] = (0,)
+    batch_size: int = 100
+    split: str = "test"
+    data_dir: str | os.PathLike | None = None
+    device: str = "cpu"
+    eval_draws: int = 20
+    early_stop: bool = True
+    sanity: bool = True
+    sanity_n: int = 32
+    sanity_queries: int = 200
+    convergence: bool = False
+    convergence_max_factor: int = 8
+    votes: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise ValueError(f"dataset: expected a dataset name, got {self.dataset!r}")
+        if not isinstance(self.split, str) or not self.split:
+            raise ValueError(f"split: expected a split name such as 'test', got {self.split!r}")
+        check_int(self.n, "n", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_int(self.subset_seed, "subset_seed", minimum=0)
+        if isinstance(self.seeds, (str, bytes)) or not hasattr(self.seeds, "__iter__"):
+            raise TypeError(f"seeds: expected a sequence of integers such as (0, 1, 2), got {self.seeds!r}")
+        self.seeds = tuple(check_int(int(s), "seed", minimum=0) for s in self.seeds)
+        if not self.seeds:
+            raise ValueError("seeds: expected at least one seed")
+        check_int(self.eval_draws, "eval_draws", minimum=1)
+        check_int(self.sanity_n, "sanity_n", minimum=1)
+        check_int(self.sanity_queries, "sanity_queries", minimum=1)
+        check_int(self.votes, "votes", minimum=0)
+        check_int(self.convergence_max_factor, "convergence_max_factor", minimum=2 if self.convergence else 1)
+
+    def check_sanity_size(self, attack: Any) -> None:
+        """The sanity checks (and the convergence curve) need enough images to be able to fail."""
+        from .sanity import MIN_SANITY_N
+
+        n, sanity_n = self.n, self.sanity_n
+        if (self.sanity or self.convergence) and attack not in (None, "none") and min(sanity_n, n) < MIN_SANITY_N:
+            raise ValueError(f"sanity checks: need at least {MIN_SANITY_N} images to be able to fail, got "
+                             f"min(sanity_n={sanity_n}, n={n}); raise them or pass sanity=False (--no-sanity)")
+
+
+_CONFIG_FIELDS = tuple(f.name for f in fields(EvalConfig))
+
+
+def run_eval(config: EvalConfig | None = None, *, classifier: str | nn.Module,
+             defense: str | nn.Module | None = "none", attack: str | Attack | None = "none",
+             surrogate_defense: str | None = None, surrogate_classifier: str | nn.Module | None = None,
+             out: str | os.PathLike | None = None, journal: str | os.PathLike | None = None,
+             **overrides: Any) -> dict:
+    """Evaluate and return the result record (also written to ``out`` as JSON when given).
+
+    ``config``: the settings (:class:`EvalConfig`); ``overrides``: settings given as keywords, which replace the
+    config's (``run_eval(dataset="digits", n=8, classifier=...)`` builds the config from them alone).
+    ``classifier``: a spec for :func:`advpure.models.load_classifier` or a module; ``defense``: a defense spec
+    (``advpure.specs.build("defense", ...)``), a module, or None/"none"; ``attack``: an attack spec, an
+    :class:`~advpure.attacks.Attack`, or None/"none" (clean accuracy only); ``surrogate_defense``: the defense spec
+    the ``surrogate`` attack takes its gradient through; ``surrogate_classifier``: the classifier of the ``transfer``
+    attack. ``journal``: a JSONL journal that makes the run resumable. Voting models (``votes``) are evaluated as the
+    voted prediction.
+    """
+    unknown = sorted(set(overrides) - set(_CONFIG_FIELDS))
+    if unknown:
+        raise TypeError(f"run_eval() got an unexpected keyword argument {unknown[0]!r} (settings: "
+                        f"{', '.join(_CONFIG_FIELDS)})")
+    if config is None:
+        config = EvalConfig(**overrides)
+    elif not isinstance(config, EvalConfig):
+        raise TypeError(f"run_eval: config must be an EvalConfig, got {type(config).__name__}")
+    elif overrides:
+        config = replace(config, **overrides)
+    return _run(config, classifier=classifier, defense=defense, attack=attack, surrogate_defense=surrogate_defense,
+                surrogate_classifier=surrogate_classifier, out=out, journal=journal)
+
+
+def _run(cfg: EvalConfig, *, classifier: str | nn.Module, defense: str | nn.Module | None,
+         attack: str | Attack | None, surrogate_defense: str | None, surrogate_classifier: str | nn.Module | None,
+         out: str | os.PathLike | None, journal: str | os.PathLike | None) -> dict:
     from ..data import load_dataset
     from ..defenses import DefendedClassifier
     from ..models import load_classifier
 
-    n = check_int(n, "n", minimum=1)
-    from .sanity import MIN_SANITY_N
-
-    if (sanity or convergence) and attack not in (None, "none") and min(sanity_n, n) < MIN_SANITY_N:
-        raise ValueError(f"sanity checks: need at least {MIN_SANITY_N} images to be able to fail, got "
-                         f"min(sanity_n={sanity_n}, n={n}); raise them or pass sanity=False (--no-sanity)")
-    batch_size = check_int(batch_size, "batch_size", minimum=1)
-    seeds = [check_int(int(s), "seed", minimum=0) for s in seeds]
-    if not seeds:
-        raise ValueError("seeds: expected at least one seed")
-    protocol = Protocol(eval_draws=eval_draws, early_stop=early_stop)
-    dev = torch.device(device)
+    cfg.check_sanity_size(attack)
+    dataset, n, subset_seed, batch_size, split, data_dir = (cfg.dataset, cfg.n, cfg.subset_seed, cfg.batch_size,
+                                                            cfg.split, cfg.data_dir)
+    seeds = list(cfg.seeds)
+    eval_draws, sanity, sanity_n, sanity_queries = cfg.eval_draws, cfg.sanity, cfg.sanity_n, cfg.sanity_queries
+    convergence, convergence_max_factor, votes, progress = (cfg.convergence, cfg.convergence_max_factor, cfg.votes,
+                                                            cfg.progress)
+    protocol = Protocol(eval_draws=eval_draws, early_stop=cfg.early_stop)
+    dev = torch.device(cfg.device)
 
     # ---- build everything before any compute
     data = load_dataset(dataset, split, data_dir=data_dir)

@@ -25,6 +25,9 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from ..data import DEFAULT_LINF_EPS
+from ..paths import zoo_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -77,7 +80,7 @@ def _cmap_options(iterations: int | None, k: int | None, lr: float | None, lam: 
 
 
 def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, out: str | Path,
-                 iterations: int = 60, every: int = 5, lam: float = 3.0, eps: float = 0.2, k: int = 4,
+                 iterations: int = 60, every: int = 5, lam: float = 3.0, eps: float = DEFAULT_LINF_EPS["digits"], k: int = 4,
                  lr: float | None = None, lam_s: float | None = None, k_iterations: int | None = None,
                  dataset: str = "digits", data_dir: str | None = None, ks: tuple[int, ...] = (1, 2, 4, 8)
                  ) -> dict[str, Any]:
@@ -175,7 +178,7 @@ def run_ablation(*, model: str, classifier: str, n: int = 100, seed: int = 0, ou
 
 
 def run_attacks(*, model: str, classifier: str, teacher: str | None, n: int = 100, seed: int = 0,
-                out: str | Path, eps: float = 0.2, pgd_steps: int = 10, eot: int = 2, iterations: int | None = None,
+                out: str | Path, eps: float = DEFAULT_LINF_EPS["digits"], pgd_steps: int = 10, eot: int = 2, iterations: int | None = None,
                 k: int | None = None, diffpure_steps: int = 20, diffpure_t: float = 0.1,
                 skip_full: bool = False, full_steps: int = 5, parts: str = "cmap,full,diffpure",
                 dataset: str = "digits", data_dir: str | None = None, lr: float | None = None,
@@ -272,4 +275,4 @@ def _cmap_rows(voted, single, x, y, eps, pgd_steps, step, eot, seed, row, todo, 
 
 #: the classifier each dataset is evaluated with unless told (CIFAR-10: the user's, e.g. the shared ResNet-56);
 #: the consistency model defaults to CMAP's zoo model and the budget to the dataset's l_inf default
-DEFAULT_CLASSIFIERS = {"digits": "zoo/digits-small-cnn.safetensors", "cifar10": None}
+DEFAULT_CLASSIFIERS = {"digits": str(zoo_dir() / "digits-small-cnn.safetensors"), "cifar10": None}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import DEFAULT_LINF_EPS
 from .common import frozen_classifier
 
 log = logging.getLogger(__name__)
@@ -105,7 +106,8 @@ def mixed_batch_table(clf, dad_batch, dad_sample, x: torch.Tensor, y: torch.Tens
 
 
 def dad_attacks(*, dataset: str = "digits", classifier: str, kernel: str, denoiser: str, data_dir: str | None = None,
-                eps: float = 0.2, n: int = 150, batch_size: int = 50, seeds: tuple[int, ...] = (0, 1, 2),
+                eps: float = DEFAULT_LINF_EPS["digits"], n: int = 150, batch_size: int = 50,
+                seeds: tuple[int, ...] = (0, 1, 2),
                 steps: int = 50, eot: int = 4, attacks: tuple[str, ...] = ("none", "pgd-oblivious", "dad-adaptive",
                                                                          "detector-aware", "dad-denoiser"),
                 margin: float = 0.5, reference_split: str = "train", mode: str = "batch", n_calib: int = 300,

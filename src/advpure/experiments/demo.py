@@ -15,13 +15,13 @@ import json
 import time
 from pathlib import Path
 
-from ..paths import cache_dir
+from ..data import DEFAULT_LINF_EPS
+from ..paths import cache_dir, zoo_dir
 
-REPO = Path(__file__).resolve().parents[3]
-ZOO = REPO / "zoo"
+ZOO = zoo_dir()
 
 #: digits l_inf budget (pixels are k/16 in [0, 1]): 0.2 drives the undefended CNN to 0.5% under PGD-20
-DIGITS_EPS = 0.2
+DIGITS_EPS = DEFAULT_LINF_EPS["digits"]
 
 
 def _classifier_path(progress: bool) -> Path:

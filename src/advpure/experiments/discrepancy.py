@@ -10,13 +10,14 @@ from pathlib import Path
 
 import torch
 
+from ..data import DEFAULT_LINF_EPS
 from .common import frozen_classifier, frozen_diffusion
 from .eps_ad import make_attack
 
 
 def discrepancy(*, dataset: str = "digits", classifier: str, model: str | None = None, data_dir: str | None = None,
-                kernel: str | None = None, eps: float = 0.2, subset: int = 50, n_subsets: int = 100,
-                n_pool: int = 200, n_ref: int = 400, sample_steps: int = 1000, seed: int = 0,
+                kernel: str | None = None, eps: float = DEFAULT_LINF_EPS["digits"], subset: int = 50,
+                n_subsets: int = 100, n_pool: int = 200, n_ref: int = 400, sample_steps: int = 1000, seed: int = 0,
                 out: str | Path = "discrepancy") -> dict:
     """MMD^2_u between a clean reference set and random size-``subset`` draws from pools of clean test images,
     PGD-linf(eps) test images and diffusion samples, on (scaled) EPS features; one PNG of three histograms.
@@ -50,10 +51,8 @@ def discrepancy(*, dataset: str = "digits", classifier: str, model: str | None =
     levels, scale = DEFAULT_T_LEVELS, None
     k = None
     if kernel:
-        from ..checkpoint import read_sidecar
-
-        side = read_sidecar(kernel)
         k = load_kernel(kernel, input_shape=train.shape)
+        side = k.sidecar
         levels, scale = tuple(side.get("t_levels", DEFAULT_T_LEVELS)), float(side["eps_scale"])
     g = torch.Generator().manual_seed(seed)
     xr, _ = train.batch(torch.randperm(len(train), generator=g)[:n_ref])

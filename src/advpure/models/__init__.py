@@ -26,7 +26,7 @@ from typing import Any
 
 import torch.nn as nn
 
-from ..checkpoint import load_into, load_state_dict, read_sidecar, save_weights, verify_sha256
+from ..checkpoint import artifact_meta, load_artifact, load_into, load_state_dict, save_weights
 from .classifiers import (
     CIFAR_MEAN_IMAGENET, CIFAR_STD_IMAGENET, DMWideResNet, FastCifarNet, ImageClassifier, PreActResNet18, ResNetCifar,
     SmallCNN, WideResNet,
@@ -116,9 +116,7 @@ def classifier_info(spec: str | os.PathLike, *, allow_random_weights: bool = Fal
         raise FileNotFoundError(f"{what} {spec}: checkpoint {path} does not exist")
     if arch is None:
         assert path is not None
-        meta = read_sidecar(path)
-        if meta.get("kind") != "classifier":
-            raise ValueError(f"{path}: sidecar kind is {meta.get('kind')!r}, expected 'classifier'")
+        meta = artifact_meta(path, kind="classifier")
         arch, kwargs = meta.get("arch"), dict(meta.get("kwargs") or {})
         if arch not in ARCHS:
             raise ValueError(f"{path}: sidecar names architecture {arch!r}; expected one of {', '.join(ARCHS)}")
@@ -146,13 +144,9 @@ def load_classifier(spec: str | os.PathLike, *, sha256: str | None = None, allow
     if not path.is_file():
         raise FileNotFoundError(f"classifier checkpoint {path} does not exist (spec {spec!r})")
     if arch is None:
-        meta = read_sidecar(path)
-        if meta.get("kind") != "classifier":
-            raise ValueError(f"{path}: sidecar kind is {meta.get('kind')!r}, expected 'classifier'")
-        verify_sha256(path, meta.get("sha256"))
+        sd, meta = load_artifact(path, kind="classifier", what="classifier checkpoint")
         model = build_classifier(meta["arch"], **{**meta.get("kwargs", {}), **arch_kwargs})
         model.sidecar = meta
-        sd = load_state_dict(path)
     else:
         expected = sha256 or KNOWN_SHA256.get(path.name)
         model = build_classifier(arch, **arch_kwargs)

@@ -12,7 +12,8 @@ consistency model (Song, Dhariwal, Chen & Sutskever, ICML 2023; the model and lo
   more robust than l2 for CT.
 
 Adam (lr 1e-3 here: a 0.27M-parameter UNet on 8x8 digits; the paper uses 4e-4 on CIFAR-10), seeded,
-tqdm progress bar, resumable (``<name>.state.pt``, read back with ``weights_only=True``). What is saved
+tqdm progress bar, resumable (``<name>.state.pt``, read back with ``weights_only=True``; the loop is
+:class:`advpure.train.loop.TrainLoop`). What is saved
 is a slow EMA (0.999, with the usual (1+k)/(10+k) warm-up) of the online weights, as the paper evaluates
 an EMA. A grid of 64 one-step samples ``f(z, sigma_max)``, ``z ~ N(0, sigma_max^2 I)``, is written as PNG,
 and, when a classifier is given, the recognisability of 1000 one-step samples (fraction classified with
@@ -22,8 +23,6 @@ confidence > 0.9, and the class histogram) is recorded in the sidecar.
 from __future__ import annotations
 
 import copy
-import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +33,8 @@ from ..contracts import check_int, check_positive
 from ..diffusion.consistency import (SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNET_CONFIGS, ConsistencyModel, cd_loss, ct_loss,
                                      ct_schedule, karras_sigmas, vp_denoiser)
 from ..diffusion.models import DATASET_PRESET, _shape_of, build_unet, load_denoiser, unet_config
-from .common import load_resume, pick_device, save_resume
-
-log = logging.getLogger(__name__)
+from .common import pick_device
+from .loop import TrainLoop
 
 CD_N = 18
 CD_MU = 0.95
@@ -112,66 +110,34 @@ def train_consistency(*, dataset: str = "digits", mode: str = "cd", teacher: str
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     gen = torch.Generator(device=dev).manual_seed(seed)
-    state_path = out_p / f"{name}.state.pt"
-    step = 0
+    loop = TrainLoop(model=model, ema=ema, optimizer=opt, generator=gen, ema_decay=ema_decay,
+                     state_path=out_p / f"{name}.state.pt", extra={"target": target},
+                     config={"dataset": dataset, "mode": mode, "seed": seed, "steps": steps})
     if resume:
-        st = load_resume(state_path)
-        if st is None:
-            raise FileNotFoundError(f"--resume: no training state at {state_path}")
-        model.load_state_dict(st["model"])
-        target.load_state_dict(st["target"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        gen.set_state(st["generator"])
-        torch.set_rng_state(st["torch_rng"])
-        log.info("resumed %s at step %d", state_path, step)
+        loop.resume()
+    now = {"n": n_cd, "mu": mu_cd}  # the current step's discretisation and target decay
 
-    def save_state() -> None:
-        save_resume(state_path, {"model": model.state_dict(), "target": target.state_dict(), "ema": ema.state_dict(),
-                                 "optimizer": opt.state_dict(), "step": step, "generator": gen.get_state(),
-                                 "torch_rng": torch.get_rng_state(),
-                                 "config": {"dataset": dataset, "mode": mode, "seed": seed, "steps": steps}})
-
-    from tqdm.auto import tqdm
-
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=step, desc=f"train {name}", disable=not progress, leave=False)
-    model.train()
-    n_now, mu = n_cd, mu_cd
-    while step < steps:
+    def loss_step(step: int) -> torch.Tensor:
         if mode == "ct":
-            n_now, mu = ct_schedule(step, steps)
-        sig = karras_sigmas(n_now).to(dev)
+            now["n"], now["mu"] = ct_schedule(step, steps)
+        sig = karras_sigmas(now["n"]).to(dev)
         x0 = data[torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)]
-        idx = torch.randint(0, n_now - 1, (batch_size,), generator=gen, device=dev)
+        idx = torch.randint(0, now["n"] - 1, (batch_size,), generator=gen, device=dev)
         z = torch.randn(x0.shape, generator=gen, device=dev)
         if mode == "cd":
-            loss = cd_loss(model, target, den, x0, idx, sig, z, solver=solver, metric=metric).mean()
-        else:
-            loss = ct_loss(model, target, x0, idx, sig, z, metric=metric).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pt, pe, p in zip(target.parameters(), ema.parameters(), model.parameters()):
-                pt.lerp_(p, 1 - mu)
-                pe.lerp_(p, 1 - d)
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4g}", N=n_now)
-        if save_every and step % save_every == 0:
-            save_state()
-    bar.close()
-    seconds = time.perf_counter() - t0
-    save_state()
+            return cd_loss(model, target, den, x0, idx, sig, z, solver=solver, metric=metric).mean()
+        return ct_loss(model, target, x0, idx, sig, z, metric=metric).mean()
+
+    @torch.no_grad()
+    def update_target() -> None:
+        for pt, p in zip(target.parameters(), model.parameters()):
+            pt.lerp_(p, 1 - now["mu"])
+
+    run = loop.run(steps, loss_step, save_every=save_every, progress=progress, desc=f"train {name}",
+                   after_update=update_target, postfix=lambda m: {"loss": f"{m:.4g}", "N": now["n"]})
+    step, seconds = run.step, run.seconds
     ema.eval()
-    result: dict[str, Any] = {"steps": step, "seconds": seconds,
-                              "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])) if losses else None}
+    result: dict[str, Any] = {"steps": step, "seconds": seconds, "final_loss": run.final_loss}
     grid_png = out_p / f"{name}-samples.png"
     from .diffusion import save_grid
 

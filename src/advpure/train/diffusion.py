@@ -12,7 +12,8 @@ for t <= 0.2 can put most of its capacity there (the loss stays an unbiased esti
 the weighting over t changes).
 
 Adam, EMA of the weights (the EMA is what gets saved), seeded, resumable (``<name>.state.pt``: weights,
-EMA, optimizer, step and RNG states; read back with ``weights_only=True``), sample grid PNG at the end.
+EMA, optimizer, step and RNG states; read back with ``weights_only=True``; the loop is
+:class:`advpure.train.loop.TrainLoop`), sample grid PNG at the end.
 On CUDA: bf16 autocast and channels_last. Under ``torchrun`` (WORLD_SIZE > 1): DistributedDataParallel
 (gloo on CPU, nccl on GPU), each rank drawing its own batches, rank 0 writing files.
 """
@@ -20,9 +21,7 @@ On CUDA: bf16 autocast and channels_last. Under ``torchrun`` (WORLD_SIZE > 1): D
 from __future__ import annotations
 
 import copy
-import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ from ..contracts import check_int, check_positive
 from ..diffusion.models import DATASET_PRESET, DiscreteTimeAdapter, build_unet, unet_config
 from ..diffusion.samplers import diffuse, reverse_sde, sample
 from ..diffusion.schedule import VPSchedule
+from .loop import TrainLoop
 
-log = logging.getLogger(__name__)
 TIME_CONVENTION = "unet timestep = 1000 * t - 1 (t continuous in [0, 1]); alphas_cumprod[k] ~ alpha((k+1)/1000)^2"
 
 
@@ -132,29 +131,13 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     gen = torch.Generator(device=dev).manual_seed(seed * 1000 + rank)
-    state_path = out / f"{name}.state.pt"
-    step = 0
+    config = {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed,
+              "t_focus": list(t_focus) if t_focus is not None else None, "lr": lr, "batch_size": batch_size,
+              "ema_decay": ema_decay}
+    loop = TrainLoop(model=net, ema=ema, optimizer=opt, generator=gen, ema_decay=ema_decay,
+                     state_path=out / f"{name}.state.pt", config=config, writer=rank == 0)
     if resume:
-        if not state_path.is_file():
-            raise FileNotFoundError(f"--resume: no training state at {state_path}")
-        from ..checkpoint import torch_load_weights
-
-        st = torch_load_weights(state_path, map_location=dev)
-        now = {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed,
-               "t_focus": list(t_focus) if t_focus is not None else None, "lr": lr, "batch_size": batch_size,
-               "ema_decay": ema_decay}
-        differ = [f"{k}: saved {st['config'][k]!r}, now {v!r}" for k, v in now.items()
-                  if k in st.get("config", {}) and st["config"][k] != v]
-        if differ:
-            raise ValueError(f"--resume: {state_path} was trained with other settings ({'; '.join(differ)}); "
-                             "resume with the same settings or start a new --name")
-        net.load_state_dict(st["model"])
-        ema.load_state_dict(st["ema"])
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        gen.set_state(st["generator"].cpu() if not cuda else st["generator"])
-        torch.set_rng_state(st["torch_rng"].cpu())
-        log.info("resumed %s at step %d", state_path, step)
+        loop.resume(must_match=tuple(config))  # resume refuses other settings
     model = net
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -164,25 +147,7 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
     flip = dataset == "cifar10"
     t_f, t_f_share = t_focus if t_focus is not None else (None, None)
 
-    def save_state() -> None:
-        if rank != 0:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = state_path.with_suffix(".tmp")
-        torch.save({"model": net.state_dict(), "ema": ema.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                    "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
-                    "config": {"dataset": dataset, "preset": preset, "t_max": t_max, "seed": seed,
-                               "t_focus": list(t_focus) if t_focus is not None else None, "lr": lr,
-                               "batch_size": batch_size, "ema_decay": ema_decay}}, tmp)
-        os.replace(tmp, state_path)
-
-    from tqdm.auto import tqdm
-
-    losses: list[float] = []
-    t0 = time.perf_counter()
-    bar = tqdm(total=steps, initial=step, desc=f"train {name}", disable=not progress or rank != 0, leave=False)
-    net.train()
-    while step < steps:
+    def loss_step(step: int) -> torch.Tensor:
         idx = torch.randint(0, data.shape[0], (batch_size,), generator=gen, device=dev)
         x0 = data[idx]
         if flip:
@@ -204,26 +169,11 @@ def train_diffusion(*, dataset: str = "digits", steps: int = 3000, batch_size: i
         xt = xt.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
             pred = model(xt, (t * 1000 - 1).clamp(min=0)).sample
-        loss = (pred.float() - eps).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        step += 1
-        d = min(ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p.detach(), 1 - d)
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}")
-        if save_every and step % save_every == 0:
-            save_state()
-    bar.close()
-    seconds = time.perf_counter() - t0
-    save_state()
-    result: dict[str, Any] = {"steps": step, "seconds": seconds,
-                              "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])) if losses else None}
+        return (pred.float() - eps).pow(2).mean()
+
+    run = loop.run(steps, loss_step, save_every=save_every, progress=progress, desc=f"train {name}")
+    step, seconds = run.step, run.seconds
+    result: dict[str, Any] = {"steps": step, "seconds": seconds, "final_loss": run.final_loss}
     if rank != 0:
         return result
     from ..checkpoint import save_weights

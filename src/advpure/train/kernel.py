@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from ..attacks.base import DEFAULT_EPS
 from ..data import DEFAULT_LINF_EPS
 
 log = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ def load_inputs(*, dataset: str, data_dir: str | None, classifier: str, attack_e
         p.requires_grad_(False)
     train = load_dataset(dataset, "train", data_dir=data_dir)
     test = load_dataset(dataset, "test", data_dir=data_dir)
-    eps = attack_eps if attack_eps is not None else DEFAULT_LINF_EPS.get(dataset, 8 / 255)
+    eps = attack_eps if attack_eps is not None else DEFAULT_LINF_EPS.get(dataset, DEFAULT_EPS["linf"])
     return clf, train, test, eps
 
 
