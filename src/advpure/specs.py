@@ -62,9 +62,10 @@ def _parse_value(v: str) -> Any:
     except ValueError:
         pass
     if "/" in s:
-        a, _, b = s.partition("/")
+        from .contracts import parse_fraction
+
         try:
-            return float(a) / float(b)
+            return parse_fraction(s)
         except (ValueError, ZeroDivisionError):
             pass
     return s

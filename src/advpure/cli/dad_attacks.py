@@ -7,6 +7,7 @@ import argparse
 
 from .. import threads
 from ..contracts import linf_budget
+from ..paths import zoo_dir
 from .options import seeds
 
 
@@ -27,10 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("dad-attacks", help="DAD robust accuracy under detector-aware adaptive attacks")
     p.add_argument("--dataset", default="digits", help="the dataset (its test split)")
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10/folder)")
-    p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors", help="classifier spec")
-    p.add_argument("--kernel", default="zoo/digits-dad-kernel.safetensors",
+    p.add_argument("--classifier", default=str(zoo_dir() / "digits-small-cnn.safetensors"), help="classifier spec")
+    p.add_argument("--kernel", default=str(zoo_dir() / "digits-dad-kernel.safetensors"),
                    help="DAD's MMD-OPT kernel (advpure train kernel)")
-    p.add_argument("--denoiser", default="zoo/digits-dad-denoiser.safetensors",
+    p.add_argument("--denoiser", default=str(zoo_dir() / "digits-dad-denoiser.safetensors"),
                    help="DAD's denoiser network (advpure train denoiser)")
     p.add_argument("--eps", type=linf_budget, default=0.2, help="l_inf budget (8/255 style fractions accepted)")
     p.add_argument("--n", type=int, default=150, help="test images per seed (seeded subset)")

@@ -7,6 +7,7 @@ import argparse
 
 from .. import threads
 from ..contracts import linf_budget
+from ..paths import zoo_dir
 
 
 def cmd_discrepancy(args: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("discrepancy", help="histograms of MMD to clean data: clean vs PGD vs generated (EPS)")
     p.add_argument("--dataset", default="digits", help="the dataset")
     p.add_argument("--data-dir", default=None, help="dataset location (cifar10/folder)")
-    p.add_argument("--classifier", default="zoo/digits-small-cnn.safetensors", help="classifier spec (PGD target, "
+    p.add_argument("--classifier", default=str(zoo_dir() / "digits-small-cnn.safetensors"), help="classifier spec (PGD target, "
                                                                                     "semantic features)")
     p.add_argument("--model", default=None, help="diffusion checkpoint (EPS and samples)")
     p.add_argument("--kernel", default=None, help="EPS-AD kernel from `advpure eps-ad` (default: Gaussian)")

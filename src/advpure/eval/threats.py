@@ -3,7 +3,7 @@
 - ``--threat corruptions``: accuracy per corruption and severity (Hendrycks & Dietterich 2019,
   :mod:`advpure.eval.corruptions`), for the classifier alone and with the defense;
 - ``--threat certify``: certified accuracy by randomized smoothing (Cohen et al. 2019,
-  :mod:`advpure.eval.certify`), of the plain classifier and, with ``--denoiser``, of denoised smoothing
+  :mod:`advpure.eval.certify`), of the plain classifier and, with ``--model``, of denoised smoothing
   (a one-shot diffusion denoiser in front, Carlini et al. 2023, :mod:`advpure.defenses.one_shot`).
 
 Accuracy curves against t* and the budget (``advpure curves``) are :mod:`advpure.experiments.curves`.
