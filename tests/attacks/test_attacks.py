@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from advpure.attacks import APGD, APGDT, BPDA, CWL2, PGD, Square, SurrogateProcess, Transfer, checkpointed_loop
+from advpure.attacks import APGD, APGDT, BPDA, CWL2, PGD, Square, SurrogateProcess, Transfer
 from advpure.defenses import DefendedClassifier, Purifier
 from advpure.eval.protocol import correct_draws
 from advpure.eval.sanity import check_gradients, check_randomness
@@ -168,28 +168,6 @@ def test_surrogate_and_transfer(data):
     assert acc(m, xa, y, 5) < acc(m, x, y, 5) - 0.2
     t = Transfer(surrogate=clf, eps=0.1, steps=10, step_size=0.02)
     assert acc(clf, t(m, x, y), y) < acc(clf, x, y) - 0.2
-
-
-def test_checkpointed_loop_exact_gradient_and_rng():
-    torch.manual_seed(0)
-    conv = nn.Conv2d(3, 3, 3, padding=1)
-
-    def make_step(gen):
-        def step(z, i):
-            return z + 0.1 * torch.tanh(conv(z)) + 0.01 * torch.randn(z.shape, generator=gen)
-        return step
-
-    x = torch.rand(2, 3, 8, 8)
-    grads, states = [], []
-    for enabled in (False, True):
-        gen = torch.Generator().manual_seed(3)
-        xr = x.clone().requires_grad_(True)
-        out = checkpointed_loop(make_step(gen), xr, 6, enabled=enabled, generator=gen)
-        out.square().sum().backward()
-        grads.append(xr.grad.clone())
-        states.append(gen.get_state())
-    assert torch.allclose(grads[0], grads[1], atol=1e-6)
-    assert torch.equal(states[0], states[1])
 
 
 def test_spec_builds_literature_pgd():

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..ops.checkpointing import checkpointed_loop
 from ..specs import SpecContext, register
 from .apgd import APGD, APGDT
 from .base import Attack, dlr_loss, dlr_targeted_loss, is_stochastic, margin_loss, perturbation_norm, project
 from .bpda import BPDA, BPDAModel
-from .checkpointing import checkpointed_loop
 from .cmap_attack import ConsistencyDisruption
 from .cw import CWL2
 from .detector_aware import DADPathPGD, DetectorAwarePGD

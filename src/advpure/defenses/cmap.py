@@ -10,7 +10,7 @@ optimised jointly with Adam for ``iterations`` steps to minimise
     L(z_1..K; x) = 1/K sum_k [ MAE(G(z_k), x) + lam_s (1 - SSIM(G(z_k), x)) ]        (consistency-aware loss)
                  + lam * L_lat(z_1..K)                                                (latent distribution consistency)
 
-with ``G(z)`` mapped to [0, 1] (``(f + 1) / 2``, clamped) and SSIM from :func:`advpure.eval.quality.ssim`
+with ``G(z)`` mapped to [0, 1] (``(f + 1) / 2``, clamped) and SSIM from :func:`advpure.ops.ssim.ssim`
 (7-tap window on 8x8 digits). The latent term is an MSE between the empirical first two moments of the
 latents and the prior's, computed on the normalised latents ``u = z / sigma_max`` (so ``lam`` does not depend
 on sigma_max; the prior is ``u ~ N(0, I)``):
@@ -26,7 +26,7 @@ Adam runs on ``u`` (learning rate in units of sigma_max), implemented with tenso
 whole unrolled optimisation is differentiable with respect to ``x`` when the caller records gradients
 (full-gradient adaptive attacks): each step then takes the inner gradient with ``create_graph=True``, and
 ``grad_checkpoint=True`` recomputes each step in the backward pass (memory independent of ``iterations``,
-:func:`advpure.attacks.checkpointing.checkpointed_loop`). Otherwise the latents are optimised on a detached
+:func:`advpure.ops.checkpointing.checkpointed_loop`). Otherwise the latents are optimised on a detached
 copy of ``x``. The consistency model's weights never receive gradients (frozen at construction).
 
 Outputs: :meth:`CMAP.optimise` returns all K generated samples per input; :meth:`CMAP.purify` returns, per
@@ -43,25 +43,23 @@ evaluations per image, plus one backward pass per iteration.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..contracts import check_images, check_int, check_logits, check_positive
 from ..diffusion.consistency import ConsistencyModel, load_consistency_model
-from ..eval.quality import ssim
+from ..ops.ssim import ssim
+from ..paths import zoo_dir
 from ..specs import SpecContext, register
-from .base import Purifier, module_generator
+from .base import Purifier
+from .voting import VotingClassifier, vote_log_frequencies
 
-REPO = Path(__file__).resolve().parents[3]
-DEFAULT_MODELS = {"digits": REPO / "zoo" / "digits-cm.safetensors",
-                  "cifar10": REPO / "zoo" / "cifar10-cm-cd-tiny.safetensors"}
+DEFAULT_MODELS = {"digits": zoo_dir() / "digits-cm.safetensors",
+                  "cifar10": zoo_dir() / "cifar10-cm-cd-tiny.safetensors"}
 
 #: Adam's constants (Kingma & Ba 2015)
 ADAM_BETAS = (0.9, 0.999)
@@ -239,15 +237,16 @@ class CMAP(Purifier):
                               "latent_mean": float(flat.mean()), "latent_std": float(flat.std()),
                               "latent_loss": float(self.latent_loss(flat.view(n, self.k, *x.shape[1:])).mean())})
 
-        def step(state: torch.Tensor, i: int) -> torch.Tensor:
+        def step(state: torch.Tensor, i: int, x: torch.Tensor = x) -> torch.Tensor:
             uu, m, v = state[0], state[1], state[2]
+            # a graph of the inner gradient only when the outer one is being recorded (not in the checkpointed
+            # loop's graph-free forward)
+            create = outer and torch.is_grad_enabled()
             with torch.enable_grad(), _twice_differentiable_attention(outer):
-                if not outer:
+                if not create or not uu.requires_grad:
                     uu = uu.detach().requires_grad_(True)
-                elif not uu.requires_grad:
-                    uu = uu.requires_grad_(True)
                 loss, _, _ = self.objective(uu, x, extra)
-                g, = torch.autograd.grad(loss.sum(), uu, create_graph=outer)
+                g, = torch.autograd.grad(loss.sum(), uu, create_graph=create)
             m = b1 * m + (1 - b1) * g
             v = b2 * v + (1 - b2) * g * g
             mh = m / (1 - b1 ** (i + 1))
@@ -262,9 +261,9 @@ class CMAP(Purifier):
         if trace_every:
             record(0, state[0])
         if outer and self.grad_checkpoint:
-            from ..attacks.checkpointing import checkpointed_loop
+            from ..ops.checkpointing import checkpointed_loop
 
-            state = checkpointed_loop(step, state, n_it, enabled=True)
+            state = checkpointed_loop(step, state, n_it, extras=(x,))  # x as an argument: it gets its gradient
         else:
             for i in range(n_it):
                 state = step(state, i)
@@ -281,6 +280,10 @@ class CMAP(Purifier):
         res = self.optimise(x, generator=generator)
         return res.best() if self.select == "best" else res.samples[:, 0]
 
+    def voting_classifier(self, classifier: nn.Module, votes: int) -> "CMAPClassifier":
+        """The majority vote over CMAP's own K latents (any ``votes >= 1``: the vote's size is ``k``)."""
+        return CMAPClassifier(classifier, self, vote=True)
+
     def describe(self) -> dict:
         return {"name": "CMAP", "k": self.k, "iterations": self.iterations, "lr": self.lr, "lam": self.lam,
                 "lam_s": self.lam_s, "stats": self.stats, "select": self.select, "nfe": self.nfe,
@@ -288,41 +291,27 @@ class CMAP(Purifier):
                 "output": "purify: lowest-loss sample of K; CMAPClassifier: vote over K"}
 
 
-class CMAPClassifier(nn.Module):
+class CMAPClassifier(VotingClassifier):
     """Classify CMAP's K generated samples per input and vote (``vote=True``), or classify the lowest-loss sample.
 
-    With ``vote=True``, ``forward`` returns **log vote frequencies** as
-    :class:`advpure.defenses.voting.MajorityVote` does (ties broken by the mean softmax), so ``argmax`` is the
-    voted class and ``voting = True``. When gradients are being recorded the output carries the gradient of
+    With ``vote=True`` this is a :class:`~advpure.defenses.voting.VotingClassifier` whose K draws are CMAP's K
+    latents: ``forward`` returns **log vote frequencies** (ties broken by the mean softmax), so ``argmax`` is the
+    voted class and ``voting = True``, and when gradients are being recorded the output carries the gradient of
     the differentiable surrogate ``log mean_k softmax(classifier(G(z_k)))`` (straight-through: value = the
     vote, gradient = the surrogate's), so gradient attacks (PGD-EOT through the unrolled optimisation) run
     on this model directly and their success is judged on the real vote.
     """
 
     def __init__(self, classifier: nn.Module, cmap: CMAP, *, vote: bool = True, seed: int = 0) -> None:
-        super().__init__()
         if not isinstance(cmap, CMAP):
             raise TypeError(f"cmap: expected a CMAP purifier, got {type(cmap).__name__}")
-        self.classifier = classifier
-        self.defense = cmap
+        super().__init__(classifier, cmap, seed=seed)
         self.vote = bool(vote)
         self.voting = self.vote
-        self.generator: torch.Generator | None = None
-        self.reseed(seed)
-
-    stochastic = True
-
-    def reseed(self, seed: int) -> None:
-        self._seed = int(seed)
-        self.generator = module_generator(self, seed)
 
     @property
     def nfe(self) -> float:
         return self.defense.nfe
-
-    def purify(self, x: torch.Tensor) -> torch.Tensor:
-        """The lowest-loss sample per input (what BPDA's forward uses)."""
-        return self.defense(x, generator=self.generator)
 
     def sample_logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of all K samples, (N, K, classes)."""
@@ -331,24 +320,21 @@ class CMAPClassifier(nn.Module):
         logits = check_logits(self.classifier(res.samples.flatten(0, 1)), n * k, name="classifier output")
         return logits.view(n, k, -1)
 
+    def draw_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the K samples as the vote's draws, (K, N, classes)."""
+        check_images(x)
+        return self.sample_logits(x).transpose(0, 1)
+
     @staticmethod
     def vote_from_logits(logits: torch.Tensor) -> torch.Tensor:
         """(N, K, classes) -> log vote frequencies (N, classes), ties broken by mean softmax."""
-        k = logits.shape[1]
-        counts = F.one_hot(logits.argmax(-1), logits.shape[-1]).sum(1).to(logits.dtype)
-        tie = 1e-3 * logits.softmax(-1).mean(1)
-        return torch.log((counts + tie) / (k + 1e-3))
+        return vote_log_frequencies(logits, dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_images(x)
         if not self.vote:
+            check_images(x)
             return self.classifier(self.purify(x))
-        logits = self.sample_logits(x)
-        votes = self.vote_from_logits(logits.detach())
-        if not (torch.is_grad_enabled() and logits.requires_grad):
-            return votes
-        sur = torch.logsumexp(logits.log_softmax(-1), dim=1) - math.log(logits.shape[1])
-        return sur + (votes - sur).detach()
+        return super().forward(x)
 
     def describe(self) -> dict:
         return {"defense": self.defense.describe(), "vote": self.vote, "seed": self._seed}

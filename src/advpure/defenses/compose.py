@@ -4,7 +4,8 @@
 ``generator`` (so the composition's randomness is reproducible from one seed), the composition is
 stochastic when any stage is, its cost is the sum of the stages' ``nfe``, and it is differentiable end
 to end when every stage is. ``grad_checkpoint`` is forwarded to stages that have it (attacks switch it on
-through :func:`advpure.attacks.base.grad_checkpointing`, which walks submodules).
+through :func:`advpure.attacks.base.grad_checkpointing`, which walks submodules; each stage then runs its loop
+through :func:`advpure.ops.checkpointing.checkpointed_loop`).
 
 Spec: ``diffpure+cmap`` -- DiffPure (Nie et al. 2022) followed by CMAP: the diffusion purifier first
 washes out the adversarial perturbation, then CMAP projects its output onto the consistency model's

@@ -4,9 +4,10 @@ Every sampler takes ``model`` (``eps_model(x_t, t)``, see :mod:`advpure.diffusio
 current state ``x_t`` in data scale [-1, 1], a ``schedule`` (:class:`~advpure.diffusion.schedule.VPSchedule`
 or :class:`~advpure.diffusion.schedule.DiscreteSchedule`), time arguments, and a ``generator`` that is the
 only source of randomness (``None`` = torch's global RNG). They run with or without autograd; with
-``checkpoint=True`` each step is wrapped in ``torch.utils.checkpoint`` so the memory of a backward
-pass does not grow with the number of steps (the noise of a step is drawn outside the wrapped
-function, so the recomputation is exact). Times may be per sample: a tensor of shape (N,).
+``checkpoint=True`` the step loop runs through :func:`advpure.ops.checkpointing.checkpointed_loop` (forward
+without a graph, each step recomputed in the backward pass with its random state rewound, so the noise is
+the same), so the memory of a backward pass does not grow with the steps' activations. Times may be per
+sample: a tensor of shape (N,); per-sample times that require grad (SSNI) get their gradient either way.
 """
 
 from __future__ import annotations
@@ -15,16 +16,18 @@ import math
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.checkpoint import checkpoint as _ckpt
 
 from ..contracts import check_int, check_positive
+from ..ops.checkpointing import checkpointed_loop
 from .schedule import _bcast
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-#: ``guidance(x_t, t, s, noise) -> g``: a per-step shift direction; the DDPM mean becomes ``mean + var * g``.
-#: ``noise`` is a fresh standard-normal tensor shaped like x_t, drawn by the sampler outside any checkpointed
-#: region (so a guidance target such as a re-diffused image is recomputed exactly in the backward pass).
-Guidance = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+#: ``guidance(x_t, t, s, noise, *guidance_inputs) -> g``: a per-step shift direction; the DDPM mean becomes
+#: ``mean + var * g``. ``noise`` is a fresh standard-normal tensor shaped like x_t, drawn by the sampler from its
+#: generator (so a guidance target such as a re-diffused image is recomputed exactly in the backward pass).
+#: Tensors the guidance depends on differentiably (the attacked image) must come as ``guidance_inputs``, not
+#: through a closure: the checkpointed loop differentiates only with respect to its arguments.
+Guidance = Callable[..., torch.Tensor]
 
 
 def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -51,12 +54,6 @@ def _per_sample(t: torch.Tensor | float, x: torch.Tensor, name: str, *, allow_ze
         interval = "[0, 1]" if allow_zero else "(0, 1]"
         raise ValueError(f"{name}: diffusion times must be in {interval}, got values in [{lo:.4g}, {hi:.4g}]")
     return tt
-
-
-def _run(step: Callable, use_ckpt: bool, *args: torch.Tensor) -> torch.Tensor:
-    if use_ckpt and torch.is_grad_enabled():
-        return _ckpt(step, *args, use_reentrant=False)
-    return step(*args)
 
 
 def diffuse(x0: torch.Tensor, t: torch.Tensor | float, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,15 +93,14 @@ def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.
     c_eps = (h * beta / schedule.std(grid).to(x_t.dtype)).reshape(shape)
     c_z = torch.sqrt(h * beta).reshape(shape)
 
-    def step(x: torch.Tensor, t: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor,
-             z: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, k: int, grid: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor
+             ) -> torch.Tensor:
+        z = _noise(x, generator)
         # a x - b eps + c z as two fused multiply-adds (fewer temporaries than the plain expression)
-        return torch.addcmul(torch.addcmul(a * x, b, model(x, t), value=-1.0), c, z)
+        return torch.addcmul(torch.addcmul(a[k] * x, b[k], model(x, grid[k]), value=-1.0), c[k], z)
 
-    x = x_t
-    for k in range(n_steps):
-        x = _run(step, checkpoint, x, grid[k], c_x[k], c_eps[k], c_z[k], _noise(x, generator))
-    return x
+    return checkpointed_loop(step, x_t, n_steps, extras=(grid, c_x, c_eps, c_z), enabled=checkpoint,
+                             generator=generator)
 
 
 def ddpm_timesteps(t_start: torch.Tensor | float, n_steps: int) -> list[torch.Tensor | float]:
@@ -145,30 +141,31 @@ def _posterior(schedule, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, s:
 
 
 def ddpm_ancestral(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, generator: torch.Generator | None = None,
-                   checkpoint: bool = False, guidance: Guidance | None = None, clip_x0: bool = False) -> torch.Tensor:
+                   checkpoint: bool = False, guidance: Guidance | None = None,
+                   guidance_inputs: Sequence[torch.Tensor] = (), clip_x0: bool = False) -> torch.Tensor:
     """Ancestral sampling ``x_s ~ N(mu(x_t, x0_hat), sigma^2)`` along decreasing ``timesteps`` (Ho et al. 2020, Alg. 2).
 
     ``x0_hat = (x_t - std_t eps) / alpha_t``; ``mu``, ``sigma^2`` are the posterior q(x_s | x_t, x0_hat) of
     the VP process between any two times s < t (Eq. 6-7 generalised; equal to DDPM's step when s, t are
     adjacent grid points of :class:`DiscreteSchedule`). ``timesteps[0]`` is the time of ``x_t``; the last
     one is usually 0 (noise-free final step). Each entry may be a float or a per-sample tensor (N,).
-    ``guidance(x_t, t, s, noise)`` shifts the mean by ``sigma^2 * guidance`` (GDMP, Wang et al. 2022, Eq. 8).
+    ``guidance(x_t, t, s, noise, *guidance_inputs)`` shifts the mean by ``sigma^2 * guidance`` (GDMP, Wang et al.
+    2022, Eq. 8).
     ``clip_x0`` clamps ``x0_hat`` to [-1, 1] (as diffusers/guided-diffusion do).
     """
-    times = _times(timesteps, x_t)
+    times = torch.stack(_times(timesteps, x_t))  # (n_steps + 1, N)
 
-    def step(x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, z: torch.Tensor, zg: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, k: int, times: torch.Tensor, *g_in: torch.Tensor) -> torch.Tensor:
+        t, s = times[k], times[k + 1]
+        z = _noise(x, generator)
+        zg = _noise(x, generator) if guidance is not None else None
         _, mean, var, _, _ = _posterior(schedule, x, model(x, t), t, s, clip_x0)
         if guidance is not None:
-            mean = mean + var * guidance(x, t, s, zg)
+            mean = mean + var * guidance(x, t, s, zg, *g_in)
         return mean + torch.sqrt(var) * z
 
-    x = x_t
-    for t, s in zip(times[:-1], times[1:]):
-        z = _noise(x, generator)
-        zg = _noise(x, generator) if guidance is not None else z
-        x = _run(step, checkpoint, x, t, s, z, zg)
-    return x
+    return checkpointed_loop(step, x_t, len(times) - 1, extras=(times, *guidance_inputs), enabled=checkpoint,
+                             generator=generator)
 
 
 def ddim(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, eta: float = 0.0,
@@ -177,19 +174,17 @@ def ddim(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, eta: float 
     ``c = eta * sigma`` with ``sigma^2`` the DDPM posterior variance; ``eta = 0`` is deterministic,
     ``eta = 1`` is ancestral DDPM."""
     eta = check_positive(eta, "eta", allow_zero=True)
-    times = _times(timesteps, x_t)
+    times = torch.stack(_times(timesteps, x_t))  # (n_steps + 1, N)
 
-    def step(x: torch.Tensor, t: torch.Tensor, s: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def step(x: torch.Tensor, k: int, times: torch.Tensor) -> torch.Tensor:
+        t, s = times[k], times[k + 1]
+        z = _noise(x, generator) if eta > 0 else torch.zeros_like(x)
         eps = model(x, t)
         x0, _, var, a_s, var_s = _posterior(schedule, x, eps, t, s, clip_x0)
         c2 = (eta * eta) * var
         return a_s * x0 + torch.sqrt((var_s - c2).clamp(min=0)) * eps + torch.sqrt(c2) * z
 
-    x = x_t
-    for t, s in zip(times[:-1], times[1:]):
-        z = _noise(x, generator) if eta > 0 else torch.zeros_like(x)
-        x = _run(step, checkpoint, x, t, s, z)
-    return x
+    return checkpointed_loop(step, x_t, len(times) - 1, extras=(times,), enabled=checkpoint, generator=generator)
 
 
 def sample(model: EpsModel, shape: Sequence[int], *, schedule, n_steps: int = 1000, method: str = "ddpm",
