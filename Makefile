@@ -11,11 +11,14 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps torchattacks==3.5.1
 	touch $(STAMP)
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo lint test test-slow bench clean
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/advpure demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -68,8 +68,16 @@ os.environ.setdefault("ADVPURE_CACHE", "/tmp/advpure-cache")
 import torch  # noqa: E402
 
 from advpure.checkpoint import save_weights  # noqa: E402
-from advpure.diffusion.consistency import (SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, ConsistencyModel, cd_loss,  # noqa: E402
-                                           karras_sigmas, load_consistency_model, vp_denoiser)
+from advpure.diffusion.consistency import (  # noqa: E402
+    SIGMA_DATA,
+    SIGMA_MAX,
+    SIGMA_MIN,
+    ConsistencyModel,
+    cd_loss,
+    karras_sigmas,
+    load_consistency_model,
+    vp_denoiser,
+)
 from advpure.diffusion.models import DiscreteTimeAdapter, build_unet, load_denoiser, unet_config  # noqa: E402
 from advpure.diffusion.schedule import VPSchedule  # noqa: E402
 from advpure.train.consistency import CD_MU, CD_N, confidence_summary  # noqa: E402

@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from advpure.detect.eps_ad import (EPSAD, auroc, build_eps_kernel, conformal_threshold, eps_features, tpr_at,
-                                   train_eps_kernel)
+from advpure.detect.eps_ad import (
+    EPSAD,
+    auroc,
+    build_eps_kernel,
+    conformal_threshold,
+    eps_features,
+    tpr_at,
+    train_eps_kernel,
+)
 from advpure.diffusion.models import GaussianScoreModel
 from advpure.diffusion.schedule import VPSchedule
 

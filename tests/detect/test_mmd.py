@@ -10,8 +10,15 @@ import torch
 
 from advpure.detect.kernels import GaussianKernel, median_sq_dist
 from advpure.detect.mmd import (
-    min_sample_size, mmd2_unbiased, mmd2_variance, mmd_opt_objective, mmd_test, permutation_stats,
-    permutation_test, split_gram, wild_bootstrap_test,
+    min_sample_size,
+    mmd2_unbiased,
+    mmd2_variance,
+    mmd_opt_objective,
+    mmd_test,
+    permutation_stats,
+    permutation_test,
+    split_gram,
+    wild_bootstrap_test,
 )
 
 

@@ -7,10 +7,23 @@ import math
 import pytest
 import torch
 
-from advpure.diffusion.consistency import (SIGMA_MAX, SIGMA_MIN, ConsistencyModel, GaussianConsistencyFunction,
-                                           build_consistency_model, cd_loss, ct_loss, ct_schedule, distance,
-                                           karras_sigmas, load_consistency_model, pf_ode_step, scalings,
-                                           vp_denoiser, vp_t_of_sigma)
+from advpure.diffusion.consistency import (
+    SIGMA_MAX,
+    SIGMA_MIN,
+    ConsistencyModel,
+    GaussianConsistencyFunction,
+    build_consistency_model,
+    cd_loss,
+    ct_loss,
+    ct_schedule,
+    distance,
+    karras_sigmas,
+    load_consistency_model,
+    pf_ode_step,
+    scalings,
+    vp_denoiser,
+    vp_t_of_sigma,
+)
 from advpure.diffusion.models import GaussianScoreModel
 from advpure.diffusion.schedule import VPSchedule
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from advpure.checkpoint import sha256_file
-from advpure.diffusion.adm import (RELEASED_PARAMETERS as ADM_PARAMS, ADMEpsModel, build_adm, load_adm,
-                                   load_adm_denoiser)
-from advpure.diffusion.score_sde import (RELEASED_PARAMETERS as SDE_PARAMS, ScoreSDEEpsModel, build_score_sde,
-                                         load_score_sde, load_score_sde_denoiser)
+from advpure.diffusion.adm import RELEASED_PARAMETERS as ADM_PARAMS
+from advpure.diffusion.adm import ADMEpsModel, build_adm, load_adm, load_adm_denoiser
+from advpure.diffusion.score_sde import RELEASED_PARAMETERS as SDE_PARAMS
+from advpure.diffusion.score_sde import ScoreSDEEpsModel, build_score_sde, load_score_sde, load_score_sde_denoiser
 
 pytestmark = pytest.mark.shared
 

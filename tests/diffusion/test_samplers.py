@@ -5,8 +5,17 @@ import math
 import pytest
 import torch
 
-from advpure.diffusion import (DiscreteSchedule, GaussianScoreModel, VPSchedule, ddim, ddpm_ancestral,
-                               ddpm_timesteps, diffuse, reverse_sde, sample)
+from advpure.diffusion import (
+    DiscreteSchedule,
+    GaussianScoreModel,
+    VPSchedule,
+    ddim,
+    ddpm_ancestral,
+    ddpm_timesteps,
+    diffuse,
+    reverse_sde,
+    sample,
+)
 
 N = 4000
 MU = torch.linspace(-0.6, 0.6, 16).view(1, 1, 4, 4)

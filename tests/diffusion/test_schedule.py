@@ -6,8 +6,7 @@ import pytest
 import torch
 from scipy.integrate import quad
 
-from advpure.diffusion.schedule import (DDPMConfig, DiscreteSchedule, VPSchedule, VPSDEConfig, eps_to_score,
-                                        score_to_eps)
+from advpure.diffusion.schedule import DDPMConfig, DiscreteSchedule, VPSchedule, VPSDEConfig, eps_to_score, score_to_eps
 
 
 def test_vp_alpha_matches_integral_of_beta():

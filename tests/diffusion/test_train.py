@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from advpure.diffusion import load_denoiser
 from advpure.cli.train import add_diffusion
+from advpure.diffusion import load_denoiser
 from advpure.train.diffusion import train_diffusion
 
 

@@ -11,8 +11,15 @@ import torch.nn as nn
 
 from advpure.defenses.base import DefendedClassifier
 from advpure.defenses.one_shot import OneShotDenoiser
-from advpure.eval.certify import (Certification, certified_accuracy, certify, clopper_pearson_lower,
-                                  min_samples_certify, min_samples_predict, predict)
+from advpure.eval.certify import (
+    Certification,
+    certified_accuracy,
+    certify,
+    clopper_pearson_lower,
+    min_samples_certify,
+    min_samples_predict,
+    predict,
+)
 
 
 class Constant(nn.Module):

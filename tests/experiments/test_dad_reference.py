@@ -53,7 +53,6 @@ def test_dad_attacks_runs_in_both_modes(mode, tmp_path):
 
 
 def test_mixed_batch_table_on_digits():
-    from advpure.data import load_dataset
     from advpure.attacks.pgd import make_adversarial
     from advpure.experiments.dad_attacks import build_dad, mixed_batch_table
     from advpure.models import load_classifier

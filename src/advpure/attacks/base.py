@@ -30,7 +30,6 @@ the arguments it was constructed with; :meth:`Attack.replace` rebuilds it with s
 from __future__ import annotations
 
 import abc
-
 import contextlib
 import dataclasses
 import functools

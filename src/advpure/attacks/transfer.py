@@ -4,7 +4,6 @@ the defended model. The defended model is only used to validate the call (its ou
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from .base import Attack

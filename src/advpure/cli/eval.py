@@ -93,8 +93,8 @@ def _option(dest: str) -> str:
 
 def check_options(args: argparse.Namespace) -> None:
     """Unknown or conflicting options are errors naming the option, raised before anything is loaded."""
-    from ..specs import check_spec, parse_spec
     from ..eval.sanity import MIN_SANITY_N
+    from ..specs import check_spec, parse_spec
 
     for dest, threats_ in _USED_BY.items():
         v = getattr(args, dest)

@@ -18,5 +18,4 @@ def _none(ctx: SpecContext) -> Identity:
 __all__ = ["DefendedClassifier", "Identity", "Purifier"]
 
 # Diffusion purifiers (register "diffpure", "gdmp", "gnsp" on import); MajorityVote wraps any of them.
-from . import diffpure, gdmp, gnsp, voting  # noqa: E402,F401
-from . import cmap, compose, dad, distribution_transfer, ssni  # noqa: E402,F401
+from . import cmap, compose, dad, diffpure, distribution_transfer, gdmp, gnsp, ssni, voting  # noqa: E402,F401  # noqa: E402,F401

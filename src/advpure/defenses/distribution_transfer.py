@@ -29,11 +29,11 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps
 from ..diffusion.schedule import DiscreteSchedule, _bcast
 from ..ops.ssim import ssim
 from ..specs import SpecContext, register
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 
 OUTPUTS = ("logits", "probs")
 NORM_EPS = 1e-6

@@ -25,11 +25,11 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse
 from ..diffusion.schedule import DiscreteSchedule
 from ..ops.ssim import ssim
 from ..specs import SpecContext, register
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 
 GUIDES = ("ssim", "mse")
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from .diffusion_base import DiffusionPurifier, resolve_denoiser
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde
 from ..diffusion.schedule import DiscreteSchedule
 from ..specs import SpecContext, register
+from .diffusion_base import DiffusionPurifier, resolve_denoiser
 
 DEFAULT_STAGES = (30, 30, 30, 30, 50, 50, 125, 125)
 SAMPLERS = ("ddpm", "sde")

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from .kernels import (
-    DeepKernel, GaussianKernel, build_deep_kernel, classifier_fingerprint, load_kernel, save_kernel,
+    DeepKernel,
+    GaussianKernel,
+    build_deep_kernel,
+    classifier_fingerprint,
+    load_kernel,
+    save_kernel,
 )
 from .mmd import (
-    TestResult, h_matrix, min_sample_size, mmd2_unbiased, mmd2_variance, mmd_opt_objective, mmd_test,
-    permutation_test, split_gram, wild_bootstrap_test,
+    TestResult,
+    h_matrix,
+    min_sample_size,
+    mmd2_unbiased,
+    mmd2_variance,
+    mmd_opt_objective,
+    mmd_test,
+    permutation_test,
+    split_gram,
+    wild_bootstrap_test,
 )
 
 __all__ = [

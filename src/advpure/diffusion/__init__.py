@@ -6,11 +6,9 @@
 - :mod:`.samplers`: :func:`diffuse`, :func:`reverse_sde`, :func:`ddpm_ancestral`, :func:`ddim`.
 """
 
-from .models import (PRESETS, DiscreteTimeAdapter, GaussianScoreModel, build_unet, load_denoiser, load_unet,
-                     unet_config)
+from .models import PRESETS, DiscreteTimeAdapter, GaussianScoreModel, build_unet, load_denoiser, load_unet, unet_config
 from .samplers import ddim, ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde, sample
-from .schedule import (DDPMConfig, DiscreteSchedule, VPSchedule, VPSDEConfig, eps_to_score, get_schedule,
-                       score_to_eps)
+from .schedule import DDPMConfig, DiscreteSchedule, VPSchedule, VPSDEConfig, eps_to_score, get_schedule, score_to_eps
 
 __all__ = [
     "PRESETS", "DiscreteTimeAdapter", "GaussianScoreModel", "build_unet", "load_denoiser", "load_unet", "unet_config",

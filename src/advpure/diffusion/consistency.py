@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from .schedule import VPSDEConfig, VPSchedule
+from .schedule import VPSchedule, VPSDEConfig
 
 #: CM paper (Song et al. 2023), Appendix C / EDM (Karras et al. 2022)
 SIGMA_MIN = 0.002

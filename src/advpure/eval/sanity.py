@@ -32,9 +32,8 @@ import torch.nn.functional as F
 
 from ..attacks.base import Attack, is_stochastic
 from ..attacks.square import Square
-from .protocol import correct_draws
-
 from .metrics import paired_difference
+from .protocol import correct_draws
 
 PASS, WARN, SKIP = "PASS", "WARNING", "SKIPPED"
 #: checks whose warning blocks publication of the row

@@ -59,8 +59,15 @@ def run_eps_ad(*, dataset: str = "digits", classifier: str, model: str | None = 
                out: str | Path | None = None, progress: bool = True) -> dict:
     from ..data import load_dataset
     from ..detect.eps import DEFAULT_T_LEVELS
-    from ..detect.eps_ad import (EPSAD, auroc, build_eps_kernel, conformal_threshold, eps_features, tpr_at,
-                                  train_eps_kernel)
+    from ..detect.eps_ad import (
+        EPSAD,
+        auroc,
+        build_eps_kernel,
+        conformal_threshold,
+        eps_features,
+        tpr_at,
+        train_eps_kernel,
+    )
     from ..detect.kernels import save_kernel
 
     t0 = time.time()

@@ -28,8 +28,15 @@ import torch.nn as nn
 
 from ..checkpoint import artifact_meta, load_artifact, load_into, load_state_dict, save_weights
 from .classifiers import (
-    CIFAR_MEAN_IMAGENET, CIFAR_STD_IMAGENET, DMWideResNet, FastCifarNet, ImageClassifier, PreActResNet18, ResNetCifar,
-    SmallCNN, WideResNet,
+    CIFAR_MEAN_IMAGENET,
+    CIFAR_STD_IMAGENET,
+    DMWideResNet,
+    FastCifarNet,
+    ImageClassifier,
+    PreActResNet18,
+    ResNetCifar,
+    SmallCNN,
+    WideResNet,
 )
 from .imagenet import IMAGENET_MEAN, IMAGENET_STD, TORCHVISION_RESNETS, ImageNetResNet
 from .user import UserClassifier, is_module_spec, load_module_classifier, resolve_callable

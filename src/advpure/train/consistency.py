@@ -30,8 +30,18 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from ..diffusion.consistency import (SIGMA_DATA, SIGMA_MAX, SIGMA_MIN, UNET_CONFIGS, ConsistencyModel, cd_loss, ct_loss,
-                                     ct_schedule, karras_sigmas, vp_denoiser)
+from ..diffusion.consistency import (
+    SIGMA_DATA,
+    SIGMA_MAX,
+    SIGMA_MIN,
+    UNET_CONFIGS,
+    ConsistencyModel,
+    cd_loss,
+    ct_loss,
+    ct_schedule,
+    karras_sigmas,
+    vp_denoiser,
+)
 from ..diffusion.models import DATASET_PRESET, _shape_of, build_unet, load_denoiser, unet_config
 from .common import pick_device
 from .loop import TrainLoop

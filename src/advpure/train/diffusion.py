@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 
 from ..contracts import check_int, check_positive
 from ..diffusion.models import DATASET_PRESET, DiscreteTimeAdapter, build_unet, unet_config
