@@ -1,0 +1,96 @@
+"""Purification-model study (issue 17): eps-prediction MSE at t = 0.02/0.05/0.1/0.2 on 1,000 CIFAR-10 test
+images, and DiffPure's clean accuracy (t* = 0.1, 100 reverse-SDE steps, one draw per image) on 500 test images
+for the project's classifier and the shared ResNet-56, against undefended; 95% Wilson intervals.
+
+    python experiments/cifar10/purification-model/study.py --model zoo/X.safetensors --out reports/.../X.json
+        [--mse-n 1000] [--acc-n 500] [--skip-acc] [--seed 0]
+
+MSE protocol: ``advpure.train.diffusion.denoising_error`` (mean over pixels of ||eps_theta(x_t, t) - eps||^2),
+4 noise draws per image, a fresh generator seeded per t, EMA weights, fp32; a fixed subset of ``--mse-n`` test
+images (``subset(n, 0)``).
+Accuracy protocol: the test subset ``load_dataset(...).subset(acc_n, 0)`` (the runner's subset), purified once
+per image with a seeded generator, the same purified images classified by both classifiers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from advpure.data import load_dataset
+from advpure.defenses.diffpure import DiffPure
+from advpure.diffusion import load_denoiser
+from advpure.eval.metrics import interval95
+from advpure.models import load_classifier
+from advpure.train.diffusion import denoising_error
+
+DATA = "../shared/data/cifar10-jpeg.tar.gz"
+CLASSIFIERS = {"fastnet (project)": "zoo/cifar10-fastnet.safetensors",
+               "ResNet-56 (shared)": "resnet56:../shared/models/resnet56-4bfd9763.th"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--mse-n", type=int, default=1000)
+    ap.add_argument("--acc-n", type=int, default=500)
+    ap.add_argument("--skip-acc", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=100)
+    a = ap.parse_args()
+    from tqdm.auto import tqdm
+
+    eps_model, meta = load_denoiser(a.model)
+    eps_model.eval()
+    data = load_dataset("cifar10", "test", data_dir=DATA)
+    rec: dict = {"model": a.model, "sha256": (meta or {}).get("sha256"), "training_steps": (meta or {}).get("training_steps"),
+                 "mse_n": a.mse_n, "seed": a.seed}
+    x, _ = data.subset(a.mse_n, 0).tensors()
+    x0 = x * 2 - 1
+    t0 = time.perf_counter()
+    mse = {}
+    for t in (0.02, 0.05, 0.1, 0.2):
+        g = torch.Generator().manual_seed(a.seed * 1000 + int(t * 1000))
+        tot = 0.0
+        for i in range(0, x0.shape[0], a.batch):
+            xb = x0[i:i + a.batch]
+            tot += denoising_error(eps_model, xb, t, generator=g, repeats=4) * xb.shape[0]
+        mse[str(t)] = round(tot / x0.shape[0], 5)
+        print(f"MSE t={t}: {mse[str(t)]}", flush=True)
+    rec["mse"] = mse
+    rec["mse_seconds"] = round(time.perf_counter() - t0, 1)
+    if not a.skip_acc:
+        sub = data.subset(a.acc_n, 0)
+        xs, ys = sub.tensors()
+        clfs = {k: load_classifier(v).eval() for k, v in CLASSIFIERS.items()}
+        dp = DiffPure(eps_model, t=0.1, n_steps=100).eval()
+        g = torch.Generator().manual_seed(a.seed)
+        purified = []
+        t1 = time.perf_counter()
+        with torch.no_grad():
+            for i in tqdm(range(0, xs.shape[0], a.batch), desc="purify"):
+                purified.append(dp(xs[i:i + a.batch], generator=g))
+        xp = torch.cat(purified)
+        rec["purify_seconds"] = round(time.perf_counter() - t1, 1)
+        acc = {}
+        with torch.no_grad():
+            for k, c in clfs.items():
+                clean = torch.cat([c(xs[i:i + a.batch]).argmax(1) for i in range(0, xs.shape[0], a.batch)]) == ys
+                pur = torch.cat([c(xp[i:i + a.batch]).argmax(1) for i in range(0, xs.shape[0], a.batch)]) == ys
+                acc[k] = {"undefended": interval95(clean.float().tolist()), "diffpure": interval95(pur.float().tolist()),
+                          "loss_points": round(100 * float(clean.float().mean() - pur.float().mean()), 1)}
+                print(k, json.dumps(acc[k]), flush=True)
+        rec["accuracy"] = acc
+        rec["acc_n"] = a.acc_n
+        rec["diffpure"] = "t*=0.1, 100 reverse-SDE steps (Euler-Maruyama), one draw per image"
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(rec, indent=1))
+    print("wrote", a.out)
+
+
+if __name__ == "__main__":
+    main()
