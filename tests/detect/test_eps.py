@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from advpure.detect.eps import EPSReference, eps_norm, expected_perturbation_score
+from advpure.detect.eps import DEFAULT_MAX_BATCH, EPSReference, eps_norm, expected_perturbation_score
 from advpure.diffusion.models import GaussianScoreModel
 from advpure.diffusion.schedule import VPSchedule
 
@@ -43,8 +45,12 @@ def test_eps_is_batched_and_chunking_does_not_change_it():
     model, sched, _, _ = _gaussian()
     x = torch.rand(5, 1, 4, 4)
     model.calls = 0
-    a = expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2))
+    a = expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2),
+                                    max_batch=100)
     assert model.calls == 1  # 20 levels x 5 samples in one call
+    model.calls = 0
+    expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2))
+    assert model.calls == math.ceil(100 / DEFAULT_MAX_BATCH)
     b = expected_perturbation_score(model, x, schedule=sched, generator=torch.Generator().manual_seed(2), max_batch=7)
     torch.testing.assert_close(a, b)
 
@@ -55,6 +61,8 @@ def test_eps_bad_inputs():
         expected_perturbation_score(model, torch.rand(1, 1, 4, 4), schedule=sched, t_levels=[0.0, 0.01])
     with pytest.raises(ValueError, match="NaN"):
         expected_perturbation_score(model, torch.full((1, 1, 4, 4), float("nan")), schedule=sched)
+    with pytest.raises(ValueError, match="autocast_dtype: expected torch.bfloat16, torch.float16 or None"):
+        expected_perturbation_score(model, torch.rand(1, 1, 4, 4), schedule=sched, autocast_dtype=torch.float64)
 
 
 def test_reference_round_trip_and_checkpoint_mismatch(tmp_path):

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import copy
 import os
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -15,24 +14,57 @@ import torch.nn as nn
 from ..contracts import check_images
 from ..diffusion.models import load_denoiser
 from ..diffusion.schedule import DiscreteSchedule, VPSchedule, get_schedule
+from ..paths import zoo_dir
 from .base import Purifier
 
-REPO = Path(__file__).resolve().parents[3]
 #: default diffusion model per dataset, used when a spec gives no ``model=``
-DEFAULT_MODELS = {"digits": REPO / "zoo" / "digits-ddpm.safetensors"}
+DEFAULT_MODELS = {"digits": zoo_dir() / "digits-ddpm.safetensors"}
+#: ``autocast=`` values: the dtype the eps-model call runs in under ``torch.autocast`` (``none``: float32)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(value: str | torch.dtype | None, name: str = "autocast") -> torch.dtype | None:
+    """``"bf16"``/``"fp16"`` (or the torch dtype) -> that dtype; ``None``/``"none"`` -> None (autocast off)."""
+    if value is None or value == "none":
+        return None
+    if isinstance(value, torch.dtype) and value in AUTOCAST_DTYPES.values():
+        return value
+    if isinstance(value, str) and value in AUTOCAST_DTYPES:
+        return AUTOCAST_DTYPES[value]
+    raise ValueError(f"{name}: expected one of {', '.join(AUTOCAST_DTYPES)} or none (float32), got {value!r}")
+
+
+def autocast_eps(eps_model: Callable, dtype: torch.dtype | None) -> Callable:
+    """``eps_model`` run under ``torch.autocast(dtype)`` on its input's device, the output cast back to the input's
+    dtype, so a sampler's own arithmetic stays float32; ``eps_model`` itself when ``dtype`` is None."""
+    if dtype is None:
+        return eps_model
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=dtype):
+            out = eps_model(x, t)
+        return out.to(x.dtype)
+
+    return call
 
 
 class DiffusionPurifier(Purifier):
     """Base: holds ``eps_model`` (frozen, eval mode), the schedule and the image shape it was trained on.
 
-    ``grad_checkpoint``: wrap every sampler step in ``torch.utils.checkpoint`` when gradients are taken,
-    so adaptive full-gradient attacks need memory independent of the number of steps (costs one extra
-    forward per step in the backward pass).
+    ``grad_checkpoint``: run the sampler loop through :func:`advpure.ops.checkpointing.checkpointed_loop` when
+    gradients are taken (forward without a graph, each step recomputed in the backward pass), so adaptive
+    full-gradient attacks need memory that does not grow with the steps' activations (costs one extra forward
+    per step in the backward pass). The network's parameters get no gradient on that path.
+
+    ``autocast``: ``"bf16"`` or ``"fp16"`` runs every eps-model call under ``torch.autocast`` in that dtype
+    (:attr:`eps_call`; the sampler's arithmetic stays float32); ``None`` (default) runs it in float32. Only
+    purifiers that call the network through :attr:`eps_call` take the option (DiffPure, and SSNI over it).
+    Off by default: ``benchmarks/bf16_purify.py`` measures its speed and effect on accuracy.
     """
 
     def __init__(self, eps_model: nn.Module, *, schedule: VPSchedule | DiscreteSchedule | str | None = None,
                  image_shape: tuple[int, int, int] | None = None, grad_checkpoint: bool = False,
-                 freeze: bool = True) -> None:
+                 freeze: bool = True, autocast: str | torch.dtype | None = None) -> None:
         super().__init__()
         if not callable(eps_model):
             raise TypeError(f"eps_model: expected a module eps_model(x_t, t), got {type(eps_model).__name__}")
@@ -43,6 +75,12 @@ class DiffusionPurifier(Purifier):
         shape = image_shape or getattr(eps_model, "image_shape", None)
         self.image_shape = tuple(shape) if shape is not None else None
         self.grad_checkpoint = bool(grad_checkpoint)
+        self.autocast = autocast_dtype(autocast)
+
+    @property
+    def eps_call(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The eps-model as the samplers should call it (under ``torch.autocast`` when ``autocast`` is set)."""
+        return autocast_eps(self.eps_model, self.autocast)
 
     def to_model_space(self, x: torch.Tensor) -> torch.Tensor:
         """Check the images and map [0, 1] -> [-1, 1]."""
@@ -68,8 +106,11 @@ class DiffusionPurifier(Purifier):
         return new
 
     def describe(self) -> dict:
-        return {"name": type(self).__name__, "nfe": self.nfe, "grad_checkpoint": self.grad_checkpoint,
-                "schedule": self.schedule.describe()}
+        d = {"name": type(self).__name__, "nfe": self.nfe, "grad_checkpoint": self.grad_checkpoint,
+             "schedule": self.schedule.describe()}
+        if self.autocast is not None:
+            d["autocast"] = str(self.autocast).removeprefix("torch.")
+        return d
 
 
 def resolve_denoiser(model: str | os.PathLike | None, ctx: Any) -> tuple[nn.Module, dict]:

@@ -37,10 +37,11 @@ import os
 
 import torch
 
-from ..contracts import check_positive
-from ..detect.eps import DEFAULT_T_LEVELS, EPSReference, _levels, eps_norm, reference_path
+from ..contracts import check_int, check_positive
+from ..detect.eps import DEFAULT_MAX_BATCH, DEFAULT_T_LEVELS, EPSReference, _levels, eps_norm, reference_path
 from ..specs import SpecContext, register
 from .base import Purifier
+from .diffusion_base import autocast_dtype
 
 T_FLOOR = 1e-3
 #: SSNI-L's bias in the authors' code: 5 of the 1000 DDPM steps
@@ -77,7 +78,8 @@ class SSNI(Purifier):
 
     def __init__(self, base: Purifier, *, reference: EPSReference, mode: str = "N", t_star: float | None = None,
                  tau: float | None = None, b: float | None = None, t_floor: float = T_FLOOR,
-                 t_ceil: float | None = None, differentiable: bool = False, max_batch: int = 1280) -> None:
+                 t_ceil: float | None = None, differentiable: bool = False, max_batch: int = DEFAULT_MAX_BATCH,
+                 eps_autocast: str | torch.dtype | None = None) -> None:
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"SSNI mode must be 'N' (sigmoid), 'L' (linear, the authors' batch normalisation) or "
@@ -88,7 +90,7 @@ class SSNI(Purifier):
         self.base = base
         self.reference = reference
         self.mode = mode
-        self.t_star = float(t_star if t_star is not None else getattr(base, "t"))
+        self.t_star = float(t_star if t_star is not None else base.t)
         self.tau = check_positive(tau if tau is not None else reference.std, "tau")
         self.b = float(b if b is not None else (SSNI_L_BIAS if mode == "L" else 0.0))
         model_t_max = min(float(getattr(base.schedule, "t_max", 1.0)), float(getattr(base.eps_model, "t_max", 1.0)))
@@ -99,7 +101,8 @@ class SSNI(Purifier):
         self.t_floor, self.t_ceil = float(t_floor), float(t_ceil)
         self.t_levels = _levels(reference.t_levels or DEFAULT_T_LEVELS, base.schedule)
         self.differentiable = bool(differentiable)
-        self.max_batch = max_batch
+        self.max_batch = check_int(max_batch, "max_batch")
+        self.eps_autocast = autocast_dtype(eps_autocast, "eps_autocast")
         self.last_t: torch.Tensor | None = None  # the noise levels of the last call, for reports
 
     @property
@@ -131,7 +134,7 @@ class SSNI(Purifier):
     def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             s = eps_norm(self.base.eps_model, x, schedule=self.base.schedule, t_levels=self.t_levels,
-                         generator=generator, max_batch=self.max_batch)
+                         generator=generator, max_batch=self.max_batch, autocast_dtype=self.eps_autocast)
         t = self.noise_levels(s if self.differentiable else s.detach())
         self.last_t = t.detach()
         return self.base.purify(x, generator=generator, t=t)
@@ -140,27 +143,30 @@ class SSNI(Purifier):
         """Same SSNI over a cheaper copy of the wrapped purifier (surrogate process)."""
         new = SSNI(self.base.with_steps(n_steps), reference=self.reference, mode=self.mode, t_star=self.t_star,
                    tau=self.tau, b=self.b, t_floor=self.t_floor, t_ceil=self.t_ceil,
-                   differentiable=self.differentiable, max_batch=self.max_batch)
+                   differentiable=self.differentiable, max_batch=self.max_batch, eps_autocast=self.eps_autocast)
         return new
 
     def with_sampler(self, sampler: str, n_steps: int) -> "SSNI":
         """Same SSNI (same per-sample t) over another reverse process of the wrapped purifier (surrogate)."""
         return SSNI(self.base.with_sampler(sampler, n_steps), reference=self.reference, mode=self.mode,
                     t_star=self.t_star, tau=self.tau, b=self.b, t_floor=self.t_floor, t_ceil=self.t_ceil,
-                    differentiable=self.differentiable, max_batch=self.max_batch)
+                    differentiable=self.differentiable, max_batch=self.max_batch, eps_autocast=self.eps_autocast)
 
     def describe(self) -> dict:
         return {"name": f"SSNI-{self.mode}", "base": self.base.describe(), "t_star": self.t_star, "tau": self.tau,
                 "b": self.b, "mu": self.reference.mean, "min": self.reference.min, "max": self.reference.max,
-                "differentiable": self.differentiable, "t_levels": len(self.t_levels), "nfe": self.nfe}
+                "differentiable": self.differentiable, "t_levels": len(self.t_levels), "nfe": self.nfe,
+                **({"eps_autocast": str(self.eps_autocast).removeprefix("torch.")} if self.eps_autocast else {})}
 
 
 @register("defense", "ssni")
 def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | os.PathLike | None = None,
           mode: str = "N", t: float = 0.1, tau: float | None = None, b: float | None = None, base: str = "diffpure",
           differentiable: bool = False, steps: int | None = None, checkpoint: bool = False,
-          t_ceil: float | None = None) -> SSNI:
-    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L|L-ref,t=0.1,tau=..,b=..,t_ceil=..,differentiable=false``.
+          t_ceil: float | None = None, eps_batch: int = DEFAULT_MAX_BATCH, eps_autocast: str | None = None,
+          autocast: str | None = None) -> SSNI:
+    """``ssni:model=PATH,ref=PATH.eps-ref.json,mode=N|L|L-ref,t=0.1,tau=..,b=..,t_ceil=..,differentiable=false,
+    eps_batch=64,eps_autocast=none|bf16|fp16,autocast=none|bf16|fp16``.
 
     ``b`` defaults to 0 for SSNI-N and to 5 DDPM steps (0.005) for SSNI-L.
 
@@ -168,15 +174,22 @@ def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | o
 
     ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps-ref``); its recorded checkpoint
     sha256 must match the model's.
+
+    ``eps_batch``: images per network call of the EPS pass; ``eps_autocast=bf16`` runs the EPS pass in bfloat16
+    (``benchmarks/ssni_overhead.py``: the change of ||EPS|| and of the chosen t), ``autocast=bf16`` the
+    purification's network (as ``diffpure:autocast=``). Both off by default.
     """
-    from .diffusion_base import DEFAULT_MODELS, resolve_denoiser
     from .diffpure import DiffPure
+    from .diffusion_base import DEFAULT_MODELS, resolve_denoiser
 
     if base != "diffpure":
         raise ValueError(f"ssni: base {base!r} not available from the command line; expected 'diffpure' "
                          "(in Python, wrap any purifier whose purify() takes t=)")
+    autocast_dtype(eps_autocast, "eps_autocast")  # bad values fail before the model is loaded
+    autocast_dtype(autocast)
     net, meta = resolve_denoiser(model, ctx)
     model_path = model or DEFAULT_MODELS.get(getattr(ctx, "dataset", None) or "")
     reference = EPSReference.load(ref or reference_path(model_path), checkpoint_sha256=meta.get("sha256"))
-    purifier = DiffPure(net, t=t, n_steps=steps, grad_checkpoint=checkpoint)
-    return SSNI(purifier, reference=reference, mode=mode, tau=tau, b=b, t_ceil=t_ceil, differentiable=differentiable)
+    purifier = DiffPure(net, t=t, n_steps=steps, grad_checkpoint=checkpoint, autocast=autocast)
+    return SSNI(purifier, reference=reference, mode=mode, tau=tau, b=b, t_ceil=t_ceil, differentiable=differentiable,
+                max_batch=eps_batch, eps_autocast=eps_autocast)

@@ -7,8 +7,11 @@ For an image x (mapped to [-1, 1]) and noise levels t_1..t_K of the VP diffusion
     EPS(x)  = 1/K sum_k score(x_{t_k}, t_k),   score = -eps_model(x_{t_k}, t_k) / std(t_k)
 
 and the statistic is ``||EPS(x)||_2`` over all pixels. SSNI's setting (Sec. 4): t = 1..20 of 1000
-(t_S = 0.02), i.e. continuous t_k = k / 1000. All levels and all samples go through the network in as
-few batched calls as ``max_batch`` allows (one call when K*N <= max_batch), never one call per level.
+(t_S = 0.02), i.e. continuous t_k = k / 1000. All levels and all samples go through the network in
+batched calls of ``max_batch`` images (default 64: on CPU larger calls cost more per image, 1.34x DiffPure's time
+for SSNI with calls of 1280 CIFAR-10 images against about 1.2x with 64, ``benchmarks/ssni_overhead.py``; and the
+pass then needs no more activation memory than a purification step of a 64-image batch).
+``autocast_dtype=torch.bfloat16`` runs the network calls under ``torch.autocast`` (measured there too).
 
 Reference statistics (:class:`EPSReference`) summarise ||EPS|| over clean data; they belong to one
 diffusion checkpoint and record its sha256, which is checked when they are loaded.
@@ -28,6 +31,8 @@ from ..contracts import check_images, check_int
 
 #: SSNI / EPS-AD default: t = 1..20 of 1000
 DEFAULT_T_LEVELS = tuple(k / 1000 for k in range(1, 21))
+#: images per network call of the EPS pass (benchmarks/ssni_overhead.py)
+DEFAULT_MAX_BATCH = 64
 
 
 def _levels(t_levels: Sequence[float] | torch.Tensor, schedule) -> torch.Tensor:
@@ -48,14 +53,20 @@ def expected_perturbation_score(
     schedule,
     t_levels: Sequence[float] | torch.Tensor = DEFAULT_T_LEVELS,
     generator: torch.Generator | None = None,
-    max_batch: int = 1280,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    autocast_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """EPS(x) for a batch of [0, 1] images: a tensor of x's shape (in the model's [-1, 1] scale).
 
     Differentiable with respect to x when called with gradients enabled (the SSNI adaptive attack uses it).
+    ``autocast_dtype`` (``torch.bfloat16`` or ``torch.float16``) runs the network calls under ``torch.autocast``
+    on x's device; the noise, the scaling and the mean stay in x's dtype.
     """
     check_images(x)
     check_int(max_batch, "max_batch")
+    if autocast_dtype not in (None, torch.bfloat16, torch.float16):
+        raise ValueError(f"autocast_dtype: expected torch.bfloat16, torch.float16 or None (x's dtype), "
+                         f"got {autocast_dtype!r}")
     t = _levels(t_levels, schedule).to(x.device)
     n, k = x.shape[0], t.numel()
     z0 = 2.0 * x - 1.0
@@ -68,7 +79,9 @@ def expected_perturbation_score(
     scores = []
     for i in range(0, k * n, max_batch):
         sl = slice(i, i + max_batch)
-        scores.append(-eps_model(xt[sl], tt[sl]) / std[sl])
+        with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            e = eps_model(xt[sl], tt[sl])
+        scores.append(-e.to(x.dtype) / std[sl])
     score = torch.cat(scores).view(k, n, *x.shape[1:])
     return score.mean(0)
 
