@@ -207,6 +207,11 @@ def load_artifact(path: str | os.PathLike, *, kind: str | tuple[str | None, ...]
     return load_state_dict(p), meta
 
 
+def format_keys(items: Sequence[str], n: int = 8) -> str:
+    """The first ``n`` of ``items`` for an error message (``"... (+k more)"`` after them), ``"none"`` when empty."""
+    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "") if items else "none"
+
+
 def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what: str = "checkpoint") -> nn.Module:
     """Strict load that names missing and unexpected keys and mismatched shapes on failure."""
     own = model.state_dict()
@@ -217,11 +222,9 @@ def load_into(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, what:
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
               for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
     if missing or unexpected or shapes:
-        def _fmt(xs: list[str]) -> str:
-            return ", ".join(xs[:8]) + (f" ... (+{len(xs) - 8} more)" if len(xs) > 8 else "") if xs else "none"
         raise ValueError(
-            f"{what} does not match {type(model).__name__}: missing keys [{_fmt(missing)}]; "
-            f"unexpected keys [{_fmt(unexpected)}]; shape mismatches [{_fmt(shapes)}]"
+            f"{what} does not match {type(model).__name__}: missing keys [{format_keys(missing)}]; "
+            f"unexpected keys [{format_keys(unexpected)}]; shape mismatches [{format_keys(shapes)}]"
         )
     model.load_state_dict(state_dict, strict=True)
     return model

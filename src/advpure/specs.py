@@ -14,6 +14,9 @@ parameters as keyword arguments plus a :class:`SpecContext`.
 signature; a factory that passes ``**params`` on (``PGD(**p)``) is followed into the callable it calls. :func:`build`
 checks a spec against it before calling the factory: an unknown option, a missing required one or a value of the wrong
 type is a ``ValueError`` naming the spec and the option, with the valid options (``advpure list defenses``).
+
+:func:`record_init_args` makes a class's constructor record the arguments it was given, so that attacks and purifiers
+rebuild themselves with some of them changed (``replace``).
 """
 
 from __future__ import annotations
@@ -104,6 +107,36 @@ def register(kind: str, name: str) -> Callable[[Callable[..., Any]], Callable[..
         return fn
 
     return deco
+
+
+def record_init_args(cls: type) -> inspect.Signature | None:
+    """Wrap the ``__init__`` that ``cls`` itself defines (call it from ``__init_subclass__``) so that the outermost
+    constructor of an instance records the arguments it was given, before running: ``self.__dict__["_init_args"]``,
+    name -> value, with ``**kwargs`` entries flattened in (a ``super().__init__`` records nothing); once it has
+    returned, ``self.__dict__["_init_done"]`` is true. Returns the constructor's signature without ``self``, or None
+    when ``cls`` defines no ``__init__`` (it keeps its parent's)."""
+    init = cls.__dict__.get("__init__")
+    if init is None:
+        return None
+    sig = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording_init(self: Any, *args: Any, **kw: Any) -> None:
+        outer = "_init_args" not in self.__dict__
+        if outer:
+            rec: dict[str, Any] = {}
+            for name, value in list(sig.bind(self, *args, **kw).arguments.items())[1:]:
+                if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+                    rec.update(value)
+                else:
+                    rec[name] = value
+            self.__dict__["_init_args"] = rec
+        init(self, *args, **kw)
+        if outer:
+            self.__dict__["_init_done"] = True
+
+    cls.__init__ = recording_init  # type: ignore[misc]
+    return sig.replace(parameters=list(sig.parameters.values())[1:])
 
 
 def names(kind: str) -> list[str]:

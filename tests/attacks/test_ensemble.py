@@ -33,7 +33,12 @@ def test_standard_list_for_diffusion_purifiers_is_cheapest_first():
     clf = build_classifier("small-cnn").eval()
     dp = DiffPure(model, t=0.1, n_steps=10, schedule=sched, freeze=False)
     ens = standard_attacks(classifier=clf, defense=dp, eps=0.2)
-    assert _names(ens) == ["surrogate-one-step", "surrogate-ddim-5", "surrogate-sde-5", "bpda", "apgd-ce", "pgd"]
+    assert _names(ens) == ["surrogate-one-step", "surrogate-ddim-2", "surrogate-ddim-5", "surrogate-sde-5", "bpda",
+                           "apgd-ce", "pgd"]
+    # the one- and two-call surrogates get CHEAP_FACTOR (2) x steps and EOT; the rest the ensemble's own 50 / 8
+    budget = {n: (a.pgd.steps, a.pgd.eot) for n, a in ens.attacks if n.startswith("surrogate")}
+    assert budget == {"surrogate-one-step": (100, 16), "surrogate-ddim-2": (100, 16), "surrogate-ddim-5": (50, 8),
+                      "surrogate-sde-5": (50, 8)}
     assert _names(standard_attacks(classifier=clf, defense=dp, eps=0.2, level="lite")) == ["surrogate-one-step", "bpda"]
     clean = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     ref = EPSReference.from_norms(eps_norm(model, clean, schedule=sched, generator=torch.Generator().manual_seed(1)),
@@ -82,7 +87,7 @@ def test_standard_run_reports_which_attack_broke_each_image(digits_classifier):
     res = run_eval(dataset="digits", classifier=digits_classifier, defense=f"diffpure:model={ddpm},t=0.1,steps=2",
                    attack="standard:eps=0.2,steps=2,eot=1,full_steps=1,select_draws=2", n=8, batch_size=8,
                    eval_draws=3, sanity=False, progress=False)
-    names = {"surrogate-one-step", "surrogate-ddim-5", "surrogate-sde-5", "bpda", "apgd-ce", "pgd", "survived"}
+    names = {"surrogate-one-step", "surrogate-ddim-2", "surrogate-ddim-5", "surrogate-sde-5", "bpda", "apgd-ce", "pgd", "survived"}
     assert set(res["broken_by"]) <= names and sum(res["broken_by"].values()) == 8
     assert res["protocol"]["early_stop_applied"] is False
     assert res["perturbation"]["max_linf"] <= 0.2 + 1e-6

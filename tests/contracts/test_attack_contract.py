@@ -135,7 +135,7 @@ def _target(env, name: str):
     model = clf if defense is None else DefendedClassifier(clf, defense, seed=0)
     model.eval()
     # a cheaper surrogate process of the defense (Lee & Kim 2023), as --surrogate-defense would give
-    if defense is not None and hasattr(defense, "with_steps"):
+    if getattr(defense, "steps_arg", None) is not None:
         surrogate = DefendedClassifier(clf, defense.with_steps(1), seed=1).eval()
     elif defense is not None:
         surrogate = DefendedClassifier(clf, build("defense", "none", base)).eval()

@@ -17,6 +17,11 @@ fails and names it. To pass, a new defense (the object its factory returns) must
 - compose: ``DefendedClassifier(classifier, defense)(x)`` is finite (N, classes) logits, reproducible per seed;
 - when it is a detect-then-purify gate (has ``detect``): ``detect`` returns (N,) booleans and inputs it does not
   flag come back unchanged.
+- support ``replace(**changes)`` (:meth:`advpure.defenses.Purifier.replace`): with no change, a new object with an
+  equal ``describe()``, the same output for the same generator and the same networks (shared, not copied); a
+  changed constructor argument shows in the copy's ``describe()`` and leaves the original as it was; an unknown
+  name is a ValueError that lists the valid ones. Every registered defense needs an entry in :data:`REPLACE_CASES`;
+  a defense that names ``steps_arg`` gets ``with_steps`` as ``replace`` on it.
 
 Detectors registered as their own kind (``"detector"``) must have an entry in :data:`DETECTOR_CASES`.
 """
@@ -53,6 +58,22 @@ CASES: dict[str, list[str]] = {
 #: specs tested on a batch of off-manifold (inverted) digits only: DAD's batch test keeps a mixed batch of six
 #: (too little power), and a gate is random only on the inputs it purifies
 OFF_MANIFOLD_INPUT = {f"dad:{_DAD}"}
+#: registry name -> [(changes for replace(), or a function of the defense giving them; a check on the copy's
+#: describe() that the change shows)]; an empty list for a defense without constructor arguments
+REPLACE_CASES: dict[str, list] = {
+    "none": [],
+    "diffpure": [({"n_steps": 2}, lambda d: d["n_steps"] == 2 and d["nfe"] == 2),
+                 ({"sampler": "ddim"}, lambda d: d["solver"].startswith("deterministic DDIM"))],
+    "gdmp": [({"iterations": 1}, lambda d: d["iterations"] == 1), ({"scale": 7.0}, lambda d: d["scale"] == 7.0)],
+    "gnsp": [({"steps": 1}, lambda d: [n for _, n in d["stages"]] == [1, 1]),
+             ({"steps": [1, 3]}, lambda d: [n for _, n in d["stages"]] == [1, 3])],
+    # SSNI's own argument, and one it passes on to the purifier it wraps
+    "ssni": [({"tau": 0.5}, lambda d: d["tau"] == 0.5), ({"n_steps": 1}, lambda d: d["base"]["n_steps"] == 1)],
+    "cmap": [({"iterations": 1}, lambda d: d["iterations"] == 1 and d["nfe"] == 4)],
+    "diffpure+cmap": [(lambda c: {"purifiers": tuple(c.stages)[:1]}, lambda d: len(d["stages"]) == 1)],
+    "distribution-transfer": [({"phi": 0.5}, lambda d: d["phi"] == 0.5)],
+    "dad": [({"noise_std": 0.1}, lambda d: d["noise_std"] == 0.1)],
+}
 #: registry name -> spec strings for the "detector" kind (none registered yet)
 DETECTOR_CASES: dict[str, list[str]] = {}
 #: defenses that legitimately cost nothing
@@ -72,6 +93,10 @@ def _missing(cases: dict, kind: str) -> str:
 
 def test_every_registered_defense_has_a_case():
     assert set(CASES) == set(names("defense")), _missing(CASES, "defense")
+
+
+def test_every_registered_defense_has_a_replace_case():
+    assert set(REPLACE_CASES) == set(names("defense")), _missing(REPLACE_CASES, "defense")
 
 
 def test_every_registered_detector_has_a_case():
@@ -231,3 +256,48 @@ def test_every_gate_defense_is_checked_as_a_gate(env):
     """A registered defense with a ``detect`` method must be listed in GATES (so the gate test runs on it)."""
     gates = {name for name, spec in VARIANTS if hasattr(_setup(env, spec)[0], "detect")}
     assert gates == GATES, f"defenses with detect(): {sorted(gates)}; GATES lists {sorted(GATES)}"
+
+
+def _networks(d: torch.nn.Module) -> set[int]:
+    """Identities of the defense's parameters and of modules it holds outside its module tree (a classifier)."""
+    return {id(p) for p in d.parameters()} | {id(v) for v in vars(d).values() if isinstance(v, torch.nn.Module)}
+
+
+@pytest.mark.parametrize("name, spec", VARIANTS, ids=IDS)
+def test_replace_without_changes_is_the_same_defense(env, name, spec):
+    d, x = _setup(env, spec)
+    before = json.dumps(d.describe(), sort_keys=True)
+    r = d.replace()
+    assert r is not d and type(r) is type(d), f"{spec}: replace() returned {type(r).__name__}"
+    assert json.dumps(r.describe(), sort_keys=True) == before, f"{spec}: replace() changed describe()"
+    assert _networks(r) == _networks(d), f"{spec}: replace() copied networks instead of sharing them"
+    assert bool(r.stochastic) == bool(d.stochastic) and float(r.nfe) == float(d.nfe)
+    with torch.no_grad():
+        assert torch.equal(r(x, generator=_gen(7)), d(x, generator=_gen(7))), f"{spec}: replace() changed the output"
+    if d.steps_arg is not None:  # with_steps is replace on the steps argument
+        steps = 1 if name != "gnsp" else [1, 1]
+        assert d.with_steps(1).describe() == d.replace(**{d.steps_arg: steps}).describe()
+        assert float(d.with_steps(1).nfe) <= float(d.nfe)
+
+
+@pytest.mark.parametrize("name, spec", VARIANTS, ids=IDS)
+def test_replace_changes_show_in_describe(env, name, spec):
+    d, _ = _setup(env, spec)
+    before = d.describe()
+    for changes, shows in REPLACE_CASES[name]:
+        ch = changes(d) if callable(changes) else changes
+        r = d.replace(**ch)
+        desc = r.describe()
+        assert shows(desc), f"{spec}: replace({ch}) does not show in describe(): {desc}"
+        assert desc != before, f"{spec}: replace({ch}) left describe() unchanged"
+        assert d.describe() == before, f"{spec}: replace({ch}) changed the original"
+        assert _networks(r) <= _networks(d), f"{spec}: replace({ch}) copied networks instead of sharing them"
+
+
+@pytest.mark.parametrize("name, spec", VARIANTS, ids=IDS)
+def test_replace_rejects_unknown_arguments(env, name, spec):
+    d, _ = _setup(env, spec)
+    with pytest.raises(ValueError, match="no argument 'no_such_argument'") as e:
+        d.replace(no_such_argument=1)
+    for key in d.replace_keys():
+        assert key in str(e.value), f"{spec}: the error does not name the valid argument {key!r}: {e.value}"

@@ -63,6 +63,9 @@ def test_sample_mode_denoises_only_flagged(setup):
     # calibrated false-positive rate on fresh clean images is near the target
     fp = float((dad.sample_scores(xt) > thr).float().mean())
     assert fp < 0.15
+    # replace() keeps the calibration unless the statistic it was calibrated on changes
+    assert dad.replace(noise_std=0.1).sample_threshold == thr
+    assert dad.replace(reference=ref[:100]).sample_threshold is None
 
 
 def test_threshold_test_and_errors(setup, tmp_path):

@@ -82,6 +82,30 @@ def test_diffpure_per_sample_t_and_with_steps(eps_model):
     assert GNSP(eps_model).nfe == 470 and GNSP(eps_model).with_steps(2).nfe == 16
 
 
+def test_replace_rebuilds_from_the_recorded_arguments(eps_model):
+    from advpure.defenses.compose import Compose
+
+    p = DiffPure(eps_model, t=0.05, n_steps=4, freeze=False)
+    assert p._init_args == {"eps_model": eps_model, "t": 0.05, "n_steps": 4, "freeze": False}
+    p.grad_checkpoint = True  # an argument set after construction counts
+    q = p.replace(t=0.1)
+    assert q.t == 0.1 and q.n_steps == 4 and q.grad_checkpoint and q.eps_model is p.eps_model and p.t == 0.05
+    with pytest.raises(ValueError, match=r"no argument 'steps'; valid: autocast, dt, eps_model, freeze"):
+        p.replace(steps=3)
+    with pytest.raises(ValueError, match="n_steps"):
+        p.with_steps(0)  # validated by the constructor
+    # GNSP's steps: one for all stages or one per stage
+    g = GNSP(eps_model, stages=[10, 20])
+    assert g.with_steps([1, 2]).stages == [(0.01, 1), (0.02, 2)] and g.with_steps(3).nfe == 6
+    with pytest.raises(ValueError, match="expected one int or 2 values"):
+        g.with_steps([1, 2, 3])
+    # a purifier without a step count has no surrogate; a composition shares its stages
+    with pytest.raises(TypeError, match="no number of reverse steps"):
+        Identity().with_steps(2)
+    c = Compose(p, Identity())
+    assert list(c.replace().stages) == [p, c.stages[1]]
+
+
 def test_small_t_keeps_image_close(eps_model):
     """With a tiny t* the reverse SDE barely moves the image even with an untrained network (sanity)."""
     x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.8 + 0.1

@@ -117,6 +117,17 @@ def test_journal_drops_truncated_line(tmp_path):
     assert len(Journal(p, "other").records) == 0
 
 
+def test_journal_runs_a_check_once(tmp_path):
+    """A resumed run takes a check's journalled result instead of computing it again."""
+    p, calls = tmp_path / "j.jsonl", []
+    j = Journal(p, "k")
+    assert j.once("sanity", "rows", lambda: calls.append(1) or [{"check": "a"}]) == [{"check": "a"}]
+    j.close()
+    j2 = Journal(p, "k")
+    assert j2.once("sanity", "rows", lambda: calls.append(2) or []) == [{"check": "a"}] and calls == [1]
+    j2.close()
+
+
 def test_journal_keeps_every_valid_line_after_garbage(tmp_path, capsys):
     p = tmp_path / "j.jsonl"
     lines = [{"key": "k", "type": "batch", "seed": 0, "batch": b} for b in range(4)]

@@ -32,8 +32,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-import functools
-import inspect
 import logging
 import re
 from typing import Any, Callable, Iterator
@@ -43,6 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_images, check_int, check_labels, check_logits, check_positive
+from ..specs import record_init_args
 
 log = logging.getLogger(__name__)
 
@@ -265,28 +264,10 @@ class Attack(abc.ABC):
     _ignored_options: tuple[str, ...] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        """Every attack records the keyword arguments it was constructed with (``_init_args``), so that
-        :meth:`replace` rebuilds it with some of them changed."""
+        """Every attack records the keyword arguments it was constructed with (``_init_args``,
+        :func:`advpure.specs.record_init_args`), so that :meth:`replace` rebuilds it with some of them changed."""
         super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        sig = inspect.signature(init)
-
-        @functools.wraps(init)
-        def recording_init(self: Attack, *args: Any, **kw: Any) -> None:
-            if "_init_args" not in self.__dict__:  # the outermost constructor records (not a super().__init__)
-                rec: dict[str, Any] = {}
-                for name, value in list(sig.bind(self, *args, **kw).arguments.items())[1:]:
-                    if sig.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
-                        rec.update(value)
-                    else:
-                        rec[name] = value
-                self.__dict__["_init_args"] = rec
-                self.__dict__["_set_options"] = {}
-            init(self, *args, **kw)
-
-        cls.__init__ = recording_init  # type: ignore[method-assign]
+        record_init_args(cls)
 
     def __init__(self, *, eps: float = DEFAULT_EPS["linf"], norm: str = "linf", eot: int = 1,
                  eot_batch: int | None = None, early_stop: bool = False, grad_checkpoint: bool = False,
@@ -339,7 +320,7 @@ class Attack(abc.ABC):
         without EOT) is set on the copy; anything else is a ValueError."""
         changes = {self._option_aliases.get(k, k): v for k, v in changes.items() if k not in self._ignored_options}
         args = dict(self._init_args)
-        options = dict(self._set_options)
+        options = dict(self.__dict__.get("_set_options", {}))
         if isinstance(args.get("base"), Attack):
             args["base"] = args["base"].replace(**changes)
         else:

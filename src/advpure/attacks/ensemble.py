@@ -14,7 +14,8 @@ demo), cheapest first:
 
 - for a diffusion purifier that offers surrogates (:class:`~advpure.defenses.diffpure.DiffPure`,
   :class:`~advpure.defenses.ssni.SSNI`): PGD-EOT on the one-step denoising surrogate (one network call, Lee &
-  Kim 2023), on the deterministic DDIM reverse process with 5 steps, and on the same SDE with 5 steps;
+  Kim 2023) and on the deterministic DDIM reverse process with 2 steps (these two with ``CHEAP_FACTOR`` times the
+  steps and EOT), then on DDIM with 5 steps and on the same SDE with 5 steps;
 - BPDA-EOT (real forward, identity backward; Athalye et al. 2018);
 - APGD-CE-EOT and PGD-EOT with full gradients through the defense (checkpointed);
 - the method-specific attacks when the defense has them (CMAP: the consistency-disruption attack; DAD: the
@@ -36,6 +37,8 @@ from .base import Attack, is_stochastic
 
 #: default selection draws for a stochastic model
 SELECT_DRAWS = 16
+#: steps and EOT multiplier of the surrogates that cost one or two network calls (standard level only)
+CHEAP_FACTOR = 2
 
 
 class Ensemble(Attack):
@@ -198,15 +201,20 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
 
     attacks: list[tuple[str, Attack]] = []
     stochastic = bool(getattr(defense, "stochastic", False))
-    if defense is not None and hasattr(defense, "with_sampler"):
-        surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1))]
+    # surrogate processes of a purifier whose reverse process can change (Purifier.sampler_arg: DiffPure, SSNI)
+    if getattr(defense, "sampler_arg", None) is not None:
+        # (name, surrogate purifier, budget factor): the surrogates of one or two network calls get CHEAP_FACTOR
+        # times the steps and EOT (per gradient they cost 1/20 to 1/10 of a 20-step process, and gained from it:
+        # docs/RESULTS.md, "Which surrogate")
+        surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1), CHEAP_FACTOR)]
         if not lite:
-            surrogates += [("surrogate-ddim-5", defense.with_sampler("ddim", 5))]
-            if hasattr(defense, "with_steps"):
-                surrogates += [("surrogate-sde-5", defense.with_steps(5))]
-        for name, sur in surrogates:
+            surrogates += [("surrogate-ddim-2", defense.with_sampler("ddim", 2), CHEAP_FACTOR),
+                           ("surrogate-ddim-5", defense.with_sampler("ddim", 5), 1),
+                           ("surrogate-sde-5", defense.with_steps(5), 1)]
+        for name, sur, f in surrogates:
             sur_model = DefendedClassifier(classifier, sur).eval()
-            attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps, eot))))
+            f = 1 if lite else f
+            attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
     if defense is not None and not _is_identity(defense):
         attacks.append(("bpda", BPDA(**pgd(steps, eot if stochastic else 1))))
     if not lite or defense is None or _is_identity(defense):
@@ -242,4 +250,4 @@ def _is_identity(defense: nn.Module) -> bool:
     return type(defense).__name__ == "Identity"
 
 
-__all__ = ["Ensemble", "LEVELS", "SELECT_DRAWS", "standard_attacks"]
+__all__ = ["CHEAP_FACTOR", "Ensemble", "LEVELS", "SELECT_DRAWS", "standard_attacks"]

@@ -142,7 +142,11 @@ class DAD(Purifier):
         alpha: test level, 0.05 (DAD).
         n_resamples: permutations / bootstrap draws per test, 100 (the DAD code's wild bootstrap).
         noise_std: noise added before denoising, 0.25 (DAD code); ``rectified_noise`` as in :func:`add_noise`.
+
+    :meth:`replace` keeps the calibrated thresholds unless the kernel or the reference images change.
     """
+
+    _carried = {"batch_thresholds": ("kernel", "reference"), "sample_threshold": ("kernel", "reference")}
 
     def __init__(self, denoiser: nn.Module, kernel: DeepKernel, reference: torch.Tensor, *, mode: str = "batch",
                  test: str = "permutation", alpha: float = 0.05, n_resamples: int = 100, noise_std: float = 0.25,

@@ -12,7 +12,7 @@ Cost: one network evaluation per step (``nfe = n_steps``).
 ``sampler="ddim"`` replaces the reverse SDE by deterministic DDIM (Song et al. 2021, eta = 0) over ``n_steps``
 from t* to 0; with ``n_steps = 1`` that is the one-step denoising estimate
 ``x0 = (x_t - std(t*) eps(x_t, t*)) / alpha(t*)``. Both are cheaper *surrogate processes* for attacks
-(:meth:`with_sampler`, Lee & Kim 2023), not the defense.
+(:meth:`~advpure.defenses.base.Purifier.with_sampler`, Lee & Kim 2023), not the defense.
 """
 
 from __future__ import annotations
@@ -26,17 +26,10 @@ import torch.nn as nn
 from ..contracts import check_int, check_positive
 from ..diffusion.samplers import ddim, ddpm_timesteps, diffuse, reverse_sde
 from ..specs import SpecContext, register
-from .diffusion_base import DiffusionPurifier, autocast_dtype, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, autocast_dtype, check_time, resolve_denoiser
 
 DEFAULT_T = {"linf": 0.1, "l2": 0.075}
 SAMPLERS = ("sde", "ddim")
-
-
-def _check_t(t: float, name: str = "t") -> float:
-    v = check_positive(t, name)
-    if v > 1.0:
-        raise ValueError(f"{name}: diffusion time t* must be in (0, 1], got {t}")
-    return v
 
 
 class DiffPure(DiffusionPurifier):
@@ -51,7 +44,13 @@ class DiffPure(DiffusionPurifier):
         grad_checkpoint: checkpoint every step when gradients are taken (memory O(1) in steps).
         autocast: ``"bf16"``/``"fp16"``: run the network under ``torch.autocast`` in that dtype (the solver stays
             float32); ``None`` (default): float32. See ``benchmarks/bf16_purify.py`` for speed and accuracy.
+
+    ``with_steps(n)`` changes ``n_steps``, ``with_sampler("ddim", n)`` ``sampler`` and ``n_steps`` (surrogate
+    processes).
     """
+
+    steps_arg = "n_steps"
+    sampler_arg = "sampler"
 
     def __init__(self, eps_model: nn.Module, *, t: float = 0.1, dt: float = 1e-3, n_steps: int | None = None,
                  schedule=None, image_shape: tuple[int, int, int] | None = None, grad_checkpoint: bool = False,
@@ -61,7 +60,7 @@ class DiffPure(DiffusionPurifier):
         if sampler not in SAMPLERS:
             raise ValueError(f"DiffPure: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.sampler = sampler
-        self.t = _check_t(t)
+        self.t = check_time(t)
         model_t_max = float(getattr(eps_model, "t_max", 1.0))
         if self.t > model_t_max:
             raise ValueError(f"DiffPure: t* = {self.t:g} but the denoiser was trained on t <= {model_t_max:g} only")
@@ -78,7 +77,7 @@ class DiffPure(DiffusionPurifier):
         z = self.to_model_space(x)
         t_star = self.t if t is None else t
         if not isinstance(t_star, torch.Tensor):
-            _check_t(t_star)
+            check_time(t_star)
         xt = diffuse(z, t_star, self.schedule, generator)
         if self.sampler == "ddim":
             x0 = ddim(self.eps_call, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t_star, self.n_steps),
@@ -87,18 +86,6 @@ class DiffPure(DiffusionPurifier):
             x0 = reverse_sde(self.eps_call, xt, schedule=self.schedule, t_start=t_star, n_steps=self.n_steps,
                              generator=generator, checkpoint=self.grad_checkpoint)
         return self.to_image_space(x0)
-
-    def with_steps(self, n_steps: int) -> "DiffPure":
-        """A copy sharing the network that integrates the same SDE with ``n_steps`` steps (surrogate process)."""
-        check_int(n_steps, "n_steps")
-        return self._copy(n_steps=n_steps)
-
-    def with_sampler(self, sampler: str, n_steps: int) -> "DiffPure":
-        """A copy sharing the network with another reverse process (``"ddim"``, ``n_steps`` = 1: one-step
-        denoising estimate), for surrogate-process attacks."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"DiffPure: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-        return self._copy(n_steps=check_int(n_steps, "n_steps"), sampler=sampler)
 
     def describe(self) -> dict:
         solver = "euler-maruyama reverse VP SDE" if self.sampler == "sde" else "deterministic DDIM (eta 0)"
@@ -116,7 +103,7 @@ def _diffpure(ctx: SpecContext, model: str | os.PathLike | None = None, t: float
         if norm not in DEFAULT_T:
             raise ValueError(f"diffpure: norm must be one of {', '.join(DEFAULT_T)}, got {norm!r}")
         t = DEFAULT_T[norm]
-    _check_t(t)
+    check_time(t)
     if steps is not None:
         check_int(steps, "steps")
     autocast_dtype(autocast)  # a bad value fails before the model is loaded

@@ -4,14 +4,13 @@ input checks, loading a denoiser from a spec parameter. It lives on the defenses
 
 from __future__ import annotations
 
-import copy
 import os
 from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from ..contracts import check_images
+from ..contracts import check_images, check_int, check_positive
 from ..diffusion.models import load_denoiser
 from ..diffusion.schedule import DiscreteSchedule, VPSchedule, get_schedule
 from ..paths import zoo_dir
@@ -21,6 +20,20 @@ from .base import Purifier
 DEFAULT_MODELS = {"digits": zoo_dir() / "digits-ddpm.safetensors"}
 #: ``autocast=`` values: the dtype the eps-model call runs in under ``torch.autocast`` (``none``: float32)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_time(t: float, name: str = "t") -> float:
+    """A diffusion time t* in (0, 1] (the purifiers' noise level)."""
+    v = check_positive(t, name)
+    if v > 1.0:
+        raise ValueError(f"{name}: diffusion time t* must be in (0, 1], got {t}")
+    return v
+
+
+def ddpm_steps(steps: int | None, t: float) -> int:
+    """Reverse DDPM steps from ``t`` to 0: ``steps`` (checked), by default the full discrete chain ``round(1000 t)``
+    (at least 1)."""
+    return check_int(steps, "steps") if steps is not None else max(1, round(t * 1000))
 
 
 def autocast_dtype(value: str | torch.dtype | None, name: str = "autocast") -> torch.dtype | None:
@@ -94,16 +107,6 @@ class DiffusionPurifier(Purifier):
     def to_image_space(x: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> [0, 1], clamped (as DiffPure does before classifying)."""
         return ((x + 1.0) * 0.5).clamp(0.0, 1.0)
-
-    def _copy(self, **changes: Any) -> "DiffusionPurifier":
-        """A shallow copy sharing the network, with some attributes changed (for cheaper surrogates)."""
-        new = copy.copy(self)
-        new._modules = dict(self._modules)  # share submodules, own dict
-        new._parameters = dict(self._parameters)
-        new._buffers = dict(self._buffers)
-        for k, v in changes.items():
-            setattr(new, k, v)
-        return new
 
     def describe(self) -> dict:
         d = {"name": type(self).__name__, "nfe": self.nfe, "grad_checkpoint": self.grad_checkpoint,

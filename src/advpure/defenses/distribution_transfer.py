@@ -28,12 +28,13 @@ import os
 import torch
 import torch.nn as nn
 
-from ..contracts import check_int, check_positive
+from ..contracts import check_positive
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps
-from ..diffusion.schedule import DiscreteSchedule, _bcast
+from ..diffusion.schedule import DiscreteSchedule
+from ..ops.broadcast import per_sample
 from ..ops.ssim import ssim
 from ..specs import SpecContext, register
-from .diffusion_base import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, check_time, ddpm_steps, resolve_denoiser
 
 OUTPUTS = ("logits", "probs")
 NORM_EPS = 1e-6
@@ -64,7 +65,11 @@ class DistributionTransfer(DiffusionPurifier):
         scale: guidance scale s (default 100; 0 = plain DDPM purification).
         phi: weight of the SSIM dissimilarity (default 1).
         output: ``"logits"`` (default) or ``"probs"`` for f.
+
+    ``with_steps(n)`` changes ``steps`` (surrogate process); the classifier is shared, never copied.
     """
+
+    steps_arg = "steps"
 
     def __init__(self, eps_model: nn.Module, classifier: nn.Module, *, t: float = 0.1, steps: int | None = None,
                  scale: float = 100.0, phi: float = 1.0, output: str = "logits", schedule=None,
@@ -72,10 +77,8 @@ class DistributionTransfer(DiffusionPurifier):
                  freeze: bool = True) -> None:
         super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape,
                          grad_checkpoint=grad_checkpoint, freeze=freeze)
-        self.t = check_positive(t, "t")
-        if self.t > 1:
-            raise ValueError(f"t: diffusion time t* must be in (0, 1], got {t}")
-        self.steps = check_int(steps, "steps") if steps is not None else max(1, round(self.t * 1000))
+        self.t = check_time(t)
+        self.steps = ddpm_steps(steps, self.t)
         self.scale = check_positive(scale, "scale", allow_zero=True)
         self.phi = check_positive(phi, "phi", allow_zero=True)
         if output not in OUTPUTS:
@@ -91,7 +94,8 @@ class DistributionTransfer(DiffusionPurifier):
     def guidance_direction(self, x_t: torch.Tensor, t: torch.Tensor, x_ref_0: torch.Tensor, z: torch.Tensor
                            ) -> torch.Tensor:
         """``-scale * grad_{x_t} D(x'_t, x_t)``; keeps the graph when an attack differentiates through it."""
-        x_ref_t = _bcast(self.schedule.alpha(t), x_t) * x_ref_0 + _bcast(self.schedule.std(t), x_t) * z
+        x_ref_t = (per_sample(self.schedule.alpha(t), x_t, cast=True) * x_ref_0
+                   + per_sample(self.schedule.std(t), x_t, cast=True) * z)
 
         def dist(xt: torch.Tensor) -> torch.Tensor:
             return transfer_distance(self.classifier, x_ref_t, xt, x_ref_0, phi=self.phi, output=self.output).sum()
@@ -108,7 +112,8 @@ class DistributionTransfer(DiffusionPurifier):
         x_ref_0 = self.to_model_space(x)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         t0 = torch.full((x.shape[0],), self.t, device=x.device, dtype=x.dtype)
-        xt = _bcast(self.schedule.alpha(t0), x) * x_ref_0 + _bcast(self.schedule.std(t0), x) * z
+        xt = (per_sample(self.schedule.alpha(t0), x, cast=True) * x_ref_0
+              + per_sample(self.schedule.std(t0), x, cast=True) * z)
         guidance = None
         if self.scale > 0:
             guidance = lambda xt_, t, s, _noise, ref, z0: self.guidance_direction(xt_, t, ref, z0)  # noqa: E731
@@ -116,9 +121,6 @@ class DistributionTransfer(DiffusionPurifier):
                              generator=generator, checkpoint=self.grad_checkpoint, guidance=guidance,
                              guidance_inputs=(x_ref_0, z), clip_x0=True)
         return self.to_image_space(out)
-
-    def with_steps(self, steps: int) -> "DistributionTransfer":
-        return self._copy(steps=check_int(steps, "steps"))
 
     def describe(self) -> dict:
         return {**super().describe(), "t": self.t, "steps": self.steps, "scale": self.scale, "phi": self.phi,

@@ -27,9 +27,10 @@ import torch.nn as nn
 from ..contracts import check_int, check_positive
 from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse
 from ..diffusion.schedule import DiscreteSchedule
+from ..ops.broadcast import per_sample
 from ..ops.ssim import ssim
 from ..specs import SpecContext, register
-from .diffusion_base import DiffusionPurifier, resolve_denoiser
+from .diffusion_base import DiffusionPurifier, check_time, ddpm_steps, resolve_denoiser
 
 GUIDES = ("ssim", "mse")
 
@@ -63,7 +64,11 @@ class GDMP(DiffusionPurifier):
         guide: ``"ssim"`` (default) or ``"mse"``.
         scale: guidance scale (default 100, see the module docstring); 0 disables guidance.
         schedule: default the discrete DDPM schedule (linear betas 1e-4..0.02, 1000 steps).
+
+    ``with_steps(n)`` changes ``steps`` (surrogate process).
     """
+
+    steps_arg = "steps"
 
     def __init__(self, eps_model: nn.Module, *, t: float = 0.036, steps: int | None = None, iterations: int = 4,
                  guide: str = "ssim", scale: float = 100.0, schedule=None,
@@ -71,10 +76,8 @@ class GDMP(DiffusionPurifier):
                  freeze: bool = True) -> None:
         super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape,
                          grad_checkpoint=grad_checkpoint, freeze=freeze)
-        self.t = check_positive(t, "t")
-        if self.t > 1:
-            raise ValueError(f"t: diffusion time must be in (0, 1], got {t}")
-        self.steps = check_int(steps, "steps") if steps is not None else max(1, round(self.t * 1000))
+        self.t = check_time(t)
+        self.steps = ddpm_steps(steps, self.t)
         self.iterations = check_int(iterations, "iterations")
         if guide not in GUIDES:
             raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {guide!r}")
@@ -91,7 +94,7 @@ class GDMP(DiffusionPurifier):
         def guidance(xt: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor, y0: torch.Tensor
                      ) -> torch.Tensor:
             # y_t: the input diffused to the current level, with fresh noise at every step
-            a, sd = self.schedule.alpha(t).view(-1, 1, 1, 1), self.schedule.std(t).view(-1, 1, 1, 1)
+            a, sd = per_sample(self.schedule.alpha(t), xt, cast=False), per_sample(self.schedule.std(t), xt, cast=False)
             return self.scale * _similarity_grad(self.guide, xt, a * y0 + sd * noise)
 
         z = target
@@ -102,10 +105,6 @@ class GDMP(DiffusionPurifier):
                                guidance=guidance if self.scale > 0 else None, guidance_inputs=(target,),
                                clip_x0=True)
         return self.to_image_space(z)
-
-    def with_steps(self, steps: int) -> "GDMP":
-        """A copy sharing the network with ``steps`` DDPM steps per round (surrogate process)."""
-        return self._copy(steps=check_int(steps, "steps"))
 
     def describe(self) -> dict:
         return {**super().describe(), "t": self.t, "steps": self.steps, "iterations": self.iterations,
@@ -122,11 +121,7 @@ def _gdmp(ctx: SpecContext, model: str | os.PathLike | None = None, t: float = 0
 
 
 def _validate_spec(t, steps, iterations, guide, scale) -> None:
-    check_positive(t, "t")
-    if t > 1:
-        raise ValueError(f"t: diffusion time must be in (0, 1], got {t}")
-    if steps is not None:
-        check_int(steps, "steps")
+    ddpm_steps(steps, check_time(t))
     check_int(iterations, "iterations")
     if guide not in GUIDES:
         raise ValueError(f"guide must be one of {', '.join(GUIDES)}, got {guide!r}")

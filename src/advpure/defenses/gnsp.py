@@ -52,22 +52,37 @@ def _parse_stages(stages: Sequence) -> list[tuple[float, int]]:
     return out
 
 
+def _set_steps(stages: list[tuple[float, int]], steps: int | Sequence[int]) -> list[tuple[float, int]]:
+    """The stages with ``steps`` reverse steps each (one int for all stages, or one per stage)."""
+    ns = [steps] * len(stages) if isinstance(steps, int) else list(steps)
+    if len(ns) != len(stages):
+        raise ValueError(f"steps: expected one int or {len(stages)} values, got {len(ns)}")
+    return [(t, check_int(n, "steps")) for (t, _), n in zip(stages, ns)]
+
+
 class GNSP(DiffusionPurifier):
     """Multi-stage diffuse-denoise purification with a gradual noise schedule.
 
     Args:
         eps_model: ``eps_model(x_t, t)``.
         stages: list of (t, steps) or DDPM step counts (see :func:`_parse_stages`); default 30x4, 50x2, 125x2.
+        steps: reverse steps per stage, one int for all stages or one per stage (default: each stage's own);
+            ``with_steps(n)`` changes it (the surrogate process of cheaper attacks: same noise levels, fewer steps).
         sampler: ``"ddpm"`` (ancestral, default) or ``"sde"`` (Euler–Maruyama reverse SDE).
         schedule: default the discrete DDPM schedule.
     """
 
-    def __init__(self, eps_model: nn.Module, *, stages: Sequence = DEFAULT_STAGES, sampler: str = "ddpm",
-                 schedule=None, image_shape: tuple[int, int, int] | None = None, grad_checkpoint: bool = False,
+    steps_arg = "steps"
+
+    def __init__(self, eps_model: nn.Module, *, stages: Sequence = DEFAULT_STAGES,
+                 steps: int | Sequence[int] | None = None, sampler: str = "ddpm", schedule=None,
+                 image_shape: tuple[int, int, int] | None = None, grad_checkpoint: bool = False,
                  freeze: bool = True) -> None:
         super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape,
                          grad_checkpoint=grad_checkpoint, freeze=freeze)
         self.stages = _parse_stages(stages)
+        if steps is not None:
+            self.stages = _set_steps(self.stages, steps)
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.sampler = sampler
@@ -88,14 +103,6 @@ class GNSP(DiffusionPurifier):
                                 generator=generator, checkpoint=self.grad_checkpoint)
         return self.to_image_space(z)
 
-    def with_steps(self, steps: int | Sequence[int]) -> "GNSP":
-        """A copy sharing the network with the same noise levels but ``steps`` reverse steps per stage
-        (one int for all stages, or one per stage): the surrogate process of cheaper attacks."""
-        ns = [steps] * len(self.stages) if isinstance(steps, int) else list(steps)
-        if len(ns) != len(self.stages):
-            raise ValueError(f"steps: expected one int or {len(self.stages)} values, got {len(ns)}")
-        return self._copy(stages=[(t, check_int(n, "steps")) for (t, _), n in zip(self.stages, ns)])
-
     def describe(self) -> dict:
         return {**super().describe(), "stages": [[t, n] for t, n in self.stages], "sampler": self.sampler}
 
@@ -108,8 +115,8 @@ def _gnsp(ctx: SpecContext, model: str | os.PathLike | None = None, stages: Sequ
     st = list(DEFAULT_STAGES) if stages is None else ([stages] if isinstance(stages, (int, float)) else stages)
     parsed = _parse_stages(st)
     if steps is not None:
-        parsed = [(t, check_int(steps, "steps")) for t, _ in parsed]
+        _set_steps(parsed, check_int(steps, "steps"))  # bad values fail before the model is loaded
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     net, _ = resolve_denoiser(model, ctx)
-    return GNSP(net, stages=parsed, sampler=sampler, grad_checkpoint=checkpoint)
+    return GNSP(net, stages=parsed, steps=steps, sampler=sampler, grad_checkpoint=checkpoint)

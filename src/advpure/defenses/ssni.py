@@ -74,7 +74,11 @@ def ssni_l_batch(s: torch.Tensor, *, ref_min: float, ref_max: float, t_star: flo
 
 
 class SSNI(Purifier):
-    """Wrap a diffusion purifier so each sample gets its own noise level from ||EPS||."""
+    """Wrap a diffusion purifier so each sample gets its own noise level from ||EPS||.
+
+    :meth:`replace` passes the changes that are no argument of SSNI (``n_steps``, ``sampler``, ...) on to the
+    wrapped purifier, so ``with_steps``/``with_sampler`` give the same SSNI over a cheaper surrogate process.
+    """
 
     def __init__(self, base: Purifier, *, reference: EPSReference, mode: str = "N", t_star: float | None = None,
                  tau: float | None = None, b: float | None = None, t_floor: float = T_FLOOR,
@@ -110,6 +114,14 @@ class SSNI(Purifier):
         return True
 
     @property
+    def steps_arg(self) -> str | None:  # type: ignore[override]
+        return self.base.steps_arg
+
+    @property
+    def sampler_arg(self) -> str | None:  # type: ignore[override]
+        return self.base.sampler_arg
+
+    @property
     def grad_checkpoint(self) -> bool:
         return bool(getattr(self.base, "grad_checkpoint", False))
 
@@ -139,19 +151,6 @@ class SSNI(Purifier):
         self.last_t = t.detach()
         return self.base.purify(x, generator=generator, t=t)
 
-    def with_steps(self, n_steps: int) -> "SSNI":
-        """Same SSNI over a cheaper copy of the wrapped purifier (surrogate process)."""
-        new = SSNI(self.base.with_steps(n_steps), reference=self.reference, mode=self.mode, t_star=self.t_star,
-                   tau=self.tau, b=self.b, t_floor=self.t_floor, t_ceil=self.t_ceil,
-                   differentiable=self.differentiable, max_batch=self.max_batch, eps_autocast=self.eps_autocast)
-        return new
-
-    def with_sampler(self, sampler: str, n_steps: int) -> "SSNI":
-        """Same SSNI (same per-sample t) over another reverse process of the wrapped purifier (surrogate)."""
-        return SSNI(self.base.with_sampler(sampler, n_steps), reference=self.reference, mode=self.mode,
-                    t_star=self.t_star, tau=self.tau, b=self.b, t_floor=self.t_floor, t_ceil=self.t_ceil,
-                    differentiable=self.differentiable, max_batch=self.max_batch, eps_autocast=self.eps_autocast)
-
     def describe(self) -> dict:
         return {"name": f"SSNI-{self.mode}", "base": self.base.describe(), "t_star": self.t_star, "tau": self.tau,
                 "b": self.b, "mu": self.reference.mean, "min": self.reference.min, "max": self.reference.max,
@@ -172,7 +171,7 @@ def _ssni(ctx: SpecContext, model: str | os.PathLike | None = None, ref: str | o
 
     ``t_ceil`` defaults to the model's trained t_max (1 for a full-range model).
 
-    ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps-ref``); its recorded checkpoint
+    ``ref`` defaults to ``<model>.eps-ref.json`` (written by ``advpure eps reference``); its recorded checkpoint
     sha256 must match the model's.
 
     ``eps_batch``: images per network call of the EPS pass; ``eps_autocast=bf16`` runs the EPS pass in bfloat16

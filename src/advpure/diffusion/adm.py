@@ -41,6 +41,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import format_keys
+
 log = logging.getLogger(__name__)
 
 # DiffPure's configs/imagenet.yml "model" block (the 256x256 unconditional, learned-sigma model).
@@ -323,10 +325,6 @@ class ADMUNet(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _fmt(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "") if items else "none"
-
-
 def build_adm(config: Mapping[str, Any] | None = None, *, device: str | torch.device | None = None) -> ADMUNet:
     """The network with freshly initialised weights (``device="meta"`` builds it without memory)."""
     if device is not None:
@@ -343,8 +341,9 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], w
     shapes = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {own[k]}"
               for k in own if k in state_dict and tuple(state_dict[k].shape) != own[k]]
     if missing or unexpected or shapes:
-        raise ValueError(f"{what} does not match the guided-diffusion config: shape mismatches [{_fmt(shapes)}]; "
-                         f"missing keys [{_fmt(missing)}]; unexpected keys [{_fmt(unexpected)}]")
+        raise ValueError(f"{what} does not match the guided-diffusion config: shape mismatches "
+                         f"[{format_keys(shapes)}]; missing keys [{format_keys(missing)}]; unexpected keys "
+                         f"[{format_keys(unexpected)}]")
 
 
 def load_adm(path: str | os.PathLike, config: Mapping[str, Any] | None = None, *, sha256: str | None = None,

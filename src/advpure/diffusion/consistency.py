@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
+from ..ops.broadcast import per_sample
 from .schedule import VPSchedule, VPSDEConfig
 
 #: CM paper (Song et al. 2023), Appendix C / EDM (Karras et al. 2022)
@@ -105,10 +106,6 @@ def _per_sample_sigma(sigma: torch.Tensor | float, x: torch.Tensor) -> torch.Ten
     return s
 
 
-def _b(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.view(-1, *([1] * (x.dim() - 1)))
-
-
 # ----------------------------------------------------------------------------------------- the model
 class ConsistencyModel(nn.Module):
     """``f(x, sigma) = c_skip x + c_out F(c_in x, c_noise(sigma))`` in data scale [-1, 1] (CM paper, Eq. 5/App. C).
@@ -138,9 +135,9 @@ class ConsistencyModel(nn.Module):
         s = _per_sample_sigma(sigma, x)
         c_skip, c_out, c_in = scalings(s, sigma_min=self.sigma_min, sigma_data=self.sigma_data)
         self.calls += 1
-        out = self.net(_b(c_in, x) * x, noise_conditioning(s))
+        out = self.net(per_sample(c_in, x, cast=False) * x, noise_conditioning(s))
         out = out.sample if hasattr(out, "sample") else out
-        return _b(c_skip, x) * x + _b(c_out, x) * out
+        return per_sample(c_skip, x, cast=False) * x + per_sample(c_out, x, cast=False) * out
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """One-step generation ``f(z, sigma_max)`` for ``z ~ N(0, sigma_max^2 I)`` (CM paper, Algorithm 1, one step)."""
@@ -169,7 +166,7 @@ class GaussianConsistencyFunction(nn.Module):
         self.sigma_min = sigma_min
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
-        s = _b(_per_sample_sigma(sigma, x), x)
+        s = per_sample(_per_sample_sigma(sigma, x), x, cast=False)
         return self.mean + (x - self.mean) * torch.sqrt((self.var + self.sigma_min ** 2) / (self.var + s * s))
 
 
@@ -198,8 +195,8 @@ def vp_denoiser(eps_model: Callable, x: torch.Tensor, sigma: torch.Tensor | floa
     if float(t.max()) > sched.t_max + 1e-6:
         raise ValueError(f"vp_denoiser: sigma up to {float(s.max()):.4g} needs VP time {float(t.max()):.4g} > "
                          f"t_max={sched.t_max}")
-    alpha = _b(torch.rsqrt(1 + s * s), x)
-    return x - _b(s, x) * eps_model(alpha * x, t)
+    alpha = per_sample(torch.rsqrt(1 + s * s), x, cast=False)
+    return x - per_sample(s, x, cast=False) * eps_model(alpha * x, t)
 
 
 def pf_ode_step(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -210,7 +207,7 @@ def pf_ode_step(denoiser: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], 
     """
     if solver not in ("heun", "euler"):
         raise ValueError(f"solver: expected 'heun' or 'euler', got {solver!r}")
-    sf, st = _b(sigma_from, x), _b(sigma_to, x)
+    sf, st = per_sample(sigma_from, x, cast=False), per_sample(sigma_to, x, cast=False)
     d = (x - denoiser(x, sigma_from)) / sf
     x_e = x + (st - sf) * d
     if solver == "euler":
@@ -247,7 +244,7 @@ def cd_loss(online: ConsistencyFn, target: ConsistencyFn, denoiser: Callable, x0
     ``denoiser(x, sigma)`` from ``sigma_{n+1}`` to ``sigma_n``; the target network gets no gradient.
     """
     s_lo, s_hi = sigmas[n], sigmas[n + 1]
-    x_hi = x0 + _b(s_hi, x0) * noise
+    x_hi = x0 + per_sample(s_hi, x0, cast=False) * noise
     with torch.no_grad():
         x_lo = pf_ode_step(denoiser, x_hi, s_hi, s_lo, solver=solver)
         tgt = target(x_lo, s_lo)
@@ -260,8 +257,8 @@ def ct_loss(online: ConsistencyFn, target: ConsistencyFn, x0: torch.Tensor, n: t
     the teacher step."""
     s_lo, s_hi = sigmas[n], sigmas[n + 1]
     with torch.no_grad():
-        tgt = target(x0 + _b(s_lo, x0) * noise, s_lo)
-    return distance(online(x0 + _b(s_hi, x0) * noise, s_hi), tgt, metric)
+        tgt = target(x0 + per_sample(s_lo, x0, cast=False) * noise, s_lo)
+    return distance(online(x0 + per_sample(s_hi, x0, cast=False) * noise, s_hi), tgt, metric)
 
 
 def ct_schedule(k: int, total: int, *, s0: int = 2, s1: int = 150, mu0: float = 0.9) -> tuple[int, float]:

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 import torch
 
 from ..contracts import check_int, check_positive
+from ..ops.broadcast import per_sample
 from ..ops.checkpointing import checkpointed_loop
-from .schedule import _bcast
 
 EpsModel = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: ``guidance(x_t, t, s, noise, *guidance_inputs) -> g``: a per-step shift direction; the DDPM mean becomes
@@ -59,7 +59,8 @@ def _per_sample(t: torch.Tensor | float, x: torch.Tensor, name: str, *, allow_ze
 def diffuse(x0: torch.Tensor, t: torch.Tensor | float, schedule, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample the forward marginal ``x_t = alpha(t) x_0 + std(t) eps`` (Song et al. 2021, Eq. 33); t scalar or (N,)."""
     tt = _per_sample(t, x0, "t", allow_zero=True)
-    return _bcast(schedule.alpha(tt), x0) * x0 + _bcast(schedule.std(tt), x0) * _noise(x0, generator)
+    return (per_sample(schedule.alpha(tt), x0, cast=True) * x0
+            + per_sample(schedule.std(tt), x0, cast=True) * _noise(x0, generator))
 
 
 def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.Tensor | float,
@@ -128,7 +129,7 @@ def _times(timesteps: Sequence[torch.Tensor | float] | torch.Tensor, x: torch.Te
 
 def _posterior(schedule, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, s: torch.Tensor, clip_x0: bool):
     """x0-prediction, and q(x_s | x_t, x0) mean coefficients and variance (Ho et al. 2020, Eq. 6-7, general s < t)."""
-    la_t, la_s = _bcast(schedule.log_alpha(t), x), _bcast(schedule.log_alpha(s), x)
+    la_t, la_s = per_sample(schedule.log_alpha(t), x, cast=True), per_sample(schedule.log_alpha(s), x, cast=True)
     a_t, a_s = torch.exp(la_t), torch.exp(la_s)
     var_t, var_s = -torch.expm1(2 * la_t), -torch.expm1(2 * la_s)
     var_ts = -torch.expm1(2 * (la_t - la_s))  # 1 - (alpha_t / alpha_s)^2

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..contracts import check_int, check_positive
+from ..ops.broadcast import per_sample
 
 
 @dataclass(frozen=True)
@@ -187,14 +188,10 @@ def get_schedule(name: str = "vp") -> Schedule:
 
 def eps_to_score(eps: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """``score = -eps / std(t)`` (Song et al. 2021, the denoising score-matching identity); ``std`` broadcasts per sample."""
-    return -eps / _bcast(std, eps)
+    return -eps / per_sample(std, eps, cast=True)
 
 
 def score_to_eps(score: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`eps_to_score`: ``eps = -std(t) * score``."""
-    return -_bcast(std, score) * score
+    return -per_sample(std, score, cast=True) * score
 
-
-def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    v = torch.as_tensor(v, dtype=like.dtype, device=like.device)
-    return v.reshape(-1, *([1] * (like.dim() - 1))) if v.dim() == 1 else v

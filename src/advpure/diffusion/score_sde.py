@@ -45,6 +45,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import format_keys
+
 log = logging.getLogger(__name__)
 
 # The released cifar10_ddpmpp_deep_continuous configuration (DiffPure's configs/cifar10.yml "model" block)
@@ -325,10 +327,6 @@ class NCSNpp(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ loading
-def _fmt(items: list[str], n: int = 8) -> str:
-    return ", ".join(items[:n]) + (f" ... (+{len(items) - n} more)" if len(items) > n else "") if items else "none"
-
-
 def build_score_sde(config: Mapping[str, Any] | None = None, *, device: str | torch.device | None = None) -> NCSNpp:
     """The network with freshly initialised weights (``device="meta"`` builds it without memory)."""
     if device is not None:
@@ -371,7 +369,7 @@ def load_score_sde(path: str | os.PathLike, config: Mapping[str, Any] | None = N
     if mism or len(shadow) != len(trainable):
         count = (f"; checkpoint has {len(shadow)} EMA tensors, the config builds {len(trainable)} parameters"
                  if len(shadow) != len(trainable) else "")
-        raise ValueError(f"{what}: shape mismatches [{_fmt(mism)}]{count}")
+        raise ValueError(f"{what}: shape mismatches [{format_keys(mism)}]{count}")
     # The raw-weights entry (values never used) names the parameters: check the names and shapes agree too.
     raw = ckpt.get("model")
     if isinstance(raw, Mapping) and raw:
@@ -383,8 +381,8 @@ def load_score_sde(path: str | os.PathLike, config: Mapping[str, Any] | None = N
         shapes = [f"{n}: checkpoint {raw_shapes[n]} vs model {own[n]}" for n in own
                   if n in raw_shapes and raw_shapes[n] != own[n]]
         if missing or unexpected or shapes:
-            raise ValueError(f"{what} (parameter names of its 'model' entry): missing keys [{_fmt(missing)}]; "
-                             f"unexpected keys [{_fmt(unexpected)}]; shape mismatches [{_fmt(shapes)}]")
+            raise ValueError(f"{what} (parameter names of its 'model' entry): missing keys [{format_keys(missing)}]; "
+                             f"unexpected keys [{format_keys(unexpected)}]; shape mismatches [{format_keys(shapes)}]")
     state = {n: t.detach().to(torch.float32) for (n, _), t in zip(trainable, shadow)}
     state["sigmas"] = _sigmas(net.config)
     net.load_state_dict(state, strict=True, assign=True)

@@ -131,6 +131,24 @@ def _validate(x: torch.Tensor, sigma: float, alpha: float, batch_size: int) -> t
     return sigma, alpha
 
 
+def _check_n(n: int, alpha: float, n_min: int, why: str) -> None:
+    """``n`` samples must reach ``n_min``, below which the procedure never answers (``why``)."""
+    check_int(n, "n", minimum=1)
+    if n < n_min:
+        raise ValueError(f"n={n} is too small for alpha={alpha}: {why}; need n >= {n_min}")
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in eval mode, its training flag restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = DEFAULT_N0, n: int = DEFAULT_N,
             alpha: float = DEFAULT_ALPHA, batch_size: int = 1000, generator: torch.Generator | None = None,
             num_classes: int | None = None, progress: bool = False) -> Certification:
@@ -147,16 +165,11 @@ def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = DEFAUL
     """
     sigma, alpha = _validate(x, sigma, alpha, batch_size)
     check_int(n0, "n0", minimum=1)
-    check_int(n, "n", minimum=1)
-    n_min = min_samples_certify(alpha)
-    if n < n_min:
-        raise ValueError(f"n={n} is too small for alpha={alpha}: even n of n votes gives pA_lower = "
-                         f"alpha^(1/n) <= 1/2, so nothing can be certified; need n >= {n_min}")
+    _check_n(n, alpha, min_samples_certify(alpha),
+             "even n of n votes gives pA_lower = alpha^(1/n) <= 1/2, so nothing can be certified")
     k_classes = _num_classes(model, num_classes)
-    was_training = model.training
-    model.eval()
     preds, radii, lows, cnts = [], [], [], []
-    try:
+    with _eval_mode(model):
         it = range(x.shape[0])
         if progress:
             from tqdm import tqdm
@@ -178,8 +191,6 @@ def certify(model: nn.Module, x: torch.Tensor, *, sigma: float, n0: int = DEFAUL
                 radii.append(sigma * float(norm.ppf(p_low)))
             lows.append(p_low)
             cnts.append(k)
-    finally:
-        model.train(was_training)
     return Certification(torch.tensor(preds, dtype=torch.long), torch.tensor(radii, dtype=torch.float64),
                          torch.tensor(lows, dtype=torch.float64), torch.tensor(cnts, dtype=torch.long),
                          sigma, n0, n, alpha)
@@ -190,16 +201,11 @@ def predict(model: nn.Module, x: torch.Tensor, *, sigma: float, n: int = DEFAULT
             num_classes: int | None = None) -> torch.Tensor:
     """PREDICT (Cohen et al. 2019): the smoothed prediction per image, -1 where the binomial test abstains."""
     sigma, alpha = _validate(x, sigma, alpha, batch_size)
-    check_int(n, "n", minimum=1)
-    n_min = min_samples_predict(alpha)
-    if n < n_min:
-        raise ValueError(f"n={n} is too small for alpha={alpha}: even n of n votes has a two-sided binomial "
-                         f"p-value 2^(1-n) > alpha, so PREDICT always abstains; need n >= {n_min}")
+    _check_n(n, alpha, min_samples_predict(alpha),
+             "even n of n votes has a two-sided binomial p-value 2^(1-n) > alpha, so PREDICT always abstains")
     k_classes = _num_classes(model, num_classes)
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with _eval_mode(model):
         for i in range(x.shape[0]):
             c = sample_counts(model, x[i], sigma=sigma, num=n, batch_size=batch_size,
                               num_classes=k_classes, generator=generator)
@@ -207,8 +213,6 @@ def predict(model: nn.Module, x: torch.Tensor, *, sigma: float, n: int = DEFAULT
             n_a, n_b = int(top2.values[0]), int(top2.values[1])
             p = binomtest(n_a, n_a + n_b, 0.5).pvalue
             out.append(int(top2.indices[0]) if p <= alpha else -1)
-    finally:
-        model.train(was_training)
     return torch.tensor(out, dtype=torch.long)
 
 

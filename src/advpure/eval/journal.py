@@ -19,7 +19,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -170,6 +170,15 @@ class Journal:
 
     def of_type(self, kind: str) -> Iterator[dict]:
         return (r for r in self.records if r.get("type") == kind)
+
+    def once(self, kind: str, field: str, compute: Callable[[], Any]) -> Any:
+        """``field`` of the last ``kind`` record (a resumed run); else ``compute()``, journalled as that record."""
+        prev = list(self.of_type(kind))
+        if prev:
+            return prev[-1][field]
+        value = compute()
+        self.append({"type": kind, field: value})
+        return value
 
 
 def _what_changed(old: dict, new: dict) -> str:

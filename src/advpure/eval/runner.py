@@ -381,30 +381,27 @@ def _run(cfg: EvalConfig, *, classifier: str | nn.Module, defense: str | nn.Modu
         xs, ys = sub.batch(list(range(m)))
         return xs.to(dev), ys.to(dev), _seed0_scores(records, seeds[0], m)
 
+    def sanity_checks() -> list[dict]:
+        xs, ys, base_scores = check_subset()
+        return run_sanity_checks(model, att, xs, ys, draws=draws, square_queries=sanity_queries,
+                                 base_scores=base_scores,
+                                 reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
+
+    def convergence_check() -> dict:
+        from .sanity import convergence_curve
+
+        xs, ys, base_scores = check_subset()
+        return convergence_curve(model, att, xs, ys, draws=draws, max_factor=convergence_max_factor,
+                                 base_scores=base_scores,
+                                 reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
+
+    # each check runs once: a resumed run takes its journalled result
     sanity_rows: list[dict] | None = None
     if sanity and att is not None and rank == 0:
-        prev = list(jr.of_type("sanity"))
-        if prev:
-            sanity_rows = prev[-1]["rows"]
-        else:
-            xs, ys, base_scores = check_subset()
-            sanity_rows = run_sanity_checks(model, att, xs, ys, draws=draws, square_queries=sanity_queries,
-                                            base_scores=base_scores,
-                                            reseed=lambda i: _reseed(model, _task_seed(seeds[0], 10_000 + i)))
-            jr.append({"type": "sanity", "rows": sanity_rows})
+        sanity_rows = jr.once("sanity", "rows", sanity_checks)
     convergence_rec: dict | None = None
     if convergence and att is not None and rank == 0:
-        prev_c = list(jr.of_type("convergence"))
-        if prev_c:
-            convergence_rec = prev_c[-1]["result"]
-        else:
-            from .sanity import convergence_curve
-
-            xs, ys, base_scores = check_subset()
-            convergence_rec = convergence_curve(
-                model, att, xs, ys, draws=draws, max_factor=convergence_max_factor, base_scores=base_scores,
-                reseed=lambda i: _reseed(model, _task_seed(seeds[0], 20_000 + i)), progress=progress)
-            jr.append({"type": "convergence", "result": convergence_rec})
+        convergence_rec = jr.once("convergence", "result", convergence_check)
     jr.close()
     result = _assemble(config, key, records, seeds, n, model, att, protocol, sanity_rows, dev, world)
     result["identity"] = identity

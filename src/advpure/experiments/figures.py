@@ -37,6 +37,36 @@ def _amplify(diff: torch.Tensor, gain: float | None) -> tuple[torch.Tensor, floa
     return (0.5 + gain * diff).clamp(0, 1), gain
 
 
+def _image_grid(rows: list[tuple[str, list[torch.Tensor]]], path: Path, *, gray: bool,
+                figsize: tuple[float, float], dpi: int, title: str | None = None,
+                col_titles: list[str] | None = None) -> Path:
+    """Draw ``rows`` of (label, CHW images in [0, 1]) as a grid, the label left of each row and ``col_titles`` above
+    the first, and write it to ``path`` (PNG, its folder created)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), len(rows[0][1]), figsize=figsize, squeeze=False)
+    for r, (label, imgs) in enumerate(rows):
+        for c, img in enumerate(imgs):
+            ax = axes[r][c]
+            ax.imshow(_to_hwc(img), cmap="gray" if gray else None, vmin=0, vmax=1, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0 and col_titles:
+                ax.set_title(col_titles[c], fontsize=8)
+            if c == 0:
+                ax.set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def purification_figure(clean: torch.Tensor, adv: torch.Tensor, purified: torch.Tensor,
                         path: str | os.PathLike, *, n: int = 8, diff_gain: float | None = None,
                         title: str | None = None, dpi: int = 120) -> Path:
@@ -62,11 +92,6 @@ def purification_figure(clean: torch.Tensor, adv: torch.Tensor, purified: torch.
     if path.suffix.lower() != ".png":
         raise ValueError(f"purification_figure: expected a .png path, got {path}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     k = min(n, clean.shape[0])
     clean, adv, purified = clean[:k], adv[:k], purified[:k]
     pert, g1 = _amplify(adv - clean, diff_gain)
@@ -75,23 +100,8 @@ def purification_figure(clean: torch.Tensor, adv: torch.Tensor, purified: torch.
         ("clean", clean), ("adversarial", adv), ("purified", purified),
         (f"adv - clean\n(x{g1:.3g}, 0.5 = 0)", pert), (f"purified - adv\n(x{g2:.3g}, 0.5 = 0)", change),
     ]
-    fig, axes = plt.subplots(len(rows), k, figsize=(1.3 * k + 1.2, 1.3 * len(rows)), squeeze=False)
-    cmap = "gray" if clean.shape[1] == 1 else None
-    for r, (label, imgs) in enumerate(rows):
-        for c in range(k):
-            ax = axes[r][c]
-            ax.imshow(_to_hwc(imgs[c]), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c == 0:
-                ax.set_ylabel(label, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _image_grid([(label, list(imgs)) for label, imgs in rows], path, gray=clean.shape[1] == 1,
+                       figsize=(1.3 * k + 1.2, 1.3 * len(rows)), title=title, dpi=dpi)
 
 
 def corruption_grid(image: torch.Tensor, path: str | os.PathLike, *, severities=(1, 3, 5), seed: int = 0,
@@ -107,30 +117,10 @@ def corruption_grid(image: torch.Tensor, path: str | os.PathLike, *, severities=
     if path.suffix.lower() != ".png":
         raise ValueError(f"corruption_grid: expected a .png path, got {path}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cmap = "gray" if image.shape[1] == 1 else None
-    fig, axes = plt.subplots(len(names), len(severities) + 1, figsize=(1.6 * (len(severities) + 1) + 0.8,
-                                                                       1.6 * len(names)), squeeze=False)
-    for r, name in enumerate(names):
-        row = [("clean", image)] + [(f"severity {s}", corrupt(image, name, s, seed=seed)) for s in severities]
-        for c, (label, img) in enumerate(row):
-            ax = axes[r][c]
-            ax.imshow(_to_hwc(img[0]), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(label, fontsize=8)
-            if c == 0:
-                ax.set_ylabel(name, fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    labels = ["clean"] + [f"severity {s}" for s in severities]
+    rows = [(name, [image[0]] + [corrupt(image, name, s, seed=seed)[0] for s in severities]) for name in names]
+    return _image_grid(rows, path, gray=image.shape[1] == 1, col_titles=labels, dpi=dpi,
+                       figsize=(1.6 * (len(severities) + 1) + 0.8, 1.6 * len(names)))
 
 
 __all__ = ["purification_figure", "corruption_grid"]
