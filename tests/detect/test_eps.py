@@ -73,5 +73,21 @@ def test_reference_round_trip_and_checkpoint_mismatch(tmp_path):
     assert back.mean == 2.0 and back.min == 1.0 and back.max == 3.0 and back.n == 3
     with pytest.raises(ValueError, match="recompute them for this model"):
         EPSReference.load(p, checkpoint_sha256="def")
-    with pytest.raises(FileNotFoundError, match="eps-ref"):
+    with pytest.raises(FileNotFoundError, match="compute them with `advpure eps reference`"):
         EPSReference.load(tmp_path / "missing.json")
+
+
+def test_reference_path_of_published_checkpoints(tmp_path):
+    """Statistics live beside the checkpoint file of a ``score_sde:``/``guided_diffusion:`` spec (with or without
+    ``@config.json``), as beside an advpure checkpoint; inside a diffusers folder."""
+    from advpure.detect.eps import reference_path
+
+    ckpt = tmp_path / "checkpoint_8.pth"
+    ckpt.write_bytes(b"")
+    assert reference_path(ckpt) == tmp_path / "checkpoint_8.eps-ref.json"
+    assert reference_path(f"score_sde:{ckpt}") == tmp_path / "checkpoint_8.eps-ref.json"
+    assert reference_path(f"score_sde:{ckpt}@{tmp_path / 'cfg.json'}") == tmp_path / "checkpoint_8.eps-ref.json"
+    assert reference_path(f"guided_diffusion:{tmp_path / 'adm.pt'}") == tmp_path / "adm.eps-ref.json"  # not yet there
+    assert reference_path(tmp_path) == tmp_path / "eps-ref.json"
+    with pytest.raises(ValueError, match="no checkpoint path after 'score_sde:'"):
+        reference_path("score_sde:@cfg.json")

@@ -401,23 +401,101 @@ def test_run_identity_hashes_batchnorm_classifiers():
     assert d and content_digest(m) != d
 
 
-def test_diffpure_score_sde_with_robustbench_wrn_28_10(tmp_path):
-    from advpure.eval.runner import run_eval
-
+def _score_sde_model(tmp_path: Path) -> str:
+    """``score_sde:CKPT@CONFIG`` for the small interop checkpoint, linked into ``tmp_path`` (so statistics written
+    beside it land there, not in ../shared)."""
     _needs_shared(CIFAR_JPEG, INTEROP / "score_sde_small_checkpoint.pth", INTEROP / "score_sde_small_io.pt")
     cfg = torch.load(INTEROP / "score_sde_small_io.pt", weights_only=True)["config"]
     (tmp_path / "score_sde.json").write_text(json.dumps(cfg))
+    ckpt = tmp_path / "checkpoint_8.pth"
+    ckpt.symlink_to(INTEROP / "score_sde_small_checkpoint.pth")
+    return f"score_sde:{ckpt}@{tmp_path / 'score_sde.json'}"
+
+
+#: each purifier's spec options beside model=score_sde:..., and the network evaluations they make per purification
+SCORE_SDE_PURIFIERS = {
+    "diffpure": ("t=0.01,steps=2", 2),
+    "gdmp": ("t=0.01,steps=2,iterations=1,guide=ssim", 2),
+    "ssni": ("t=0.01,steps=2,mode=N,ref={ref}", 2 + 2),  # + one per EPS level of the reference (2 here)
+}
+
+
+@pytest.mark.parametrize("name", list(SCORE_SDE_PURIFIERS))
+def test_score_sde_purifiers_with_robustbench_wrn_28_10(tmp_path, name):
+    """DiffPure, GDMP and SSNI take the published score_sde format through ``model=score_sde:PATH@config.json``."""
+    from advpure.checkpoint import sha256_file
+    from advpure.detect.eps import compute_reference
+    from advpure.diffusion.models import load_denoiser
+    from advpure.diffusion.schedule import VPSchedule
+    from advpure.eval.runner import run_eval
+    from advpure.specs import SpecContext, build
+
+    model = _score_sde_model(tmp_path)
     torch.manual_seed(0)
     m = build_classifier("wrn-28-10", widen_factor=2)  # the WRN-28-10 key set at 1/5 of the width
     ckpt = tmp_path / "Standard.pt"
     torch.save({"state_dict": {"module." + k: v for k, v in m.state_dict().items()}}, ckpt)
     clf = load_classifier(f"wrn-28-10:{ckpt}", widen_factor=2)
-    res = run_eval(dataset="cifar10", data_dir=CIFAR_JPEG, classifier=clf,
-                   defense=f"diffpure:model=score_sde:{INTEROP / 'score_sde_small_checkpoint.pth'}"
-                           f"@{tmp_path / 'score_sde.json'},t=0.01,steps=2",
-                   attack="none", n=4, eval_draws=1, sanity=False, progress=False)
-    acc = res["clean_accuracy"]["mean"]
-    assert 0.0 <= acc <= 1.0 and res["identity"]["classifier"]
+    opts, nfe = SCORE_SDE_PURIFIERS[name]
+    ref = tmp_path / "ref.eps-ref.json"
+    if name == "ssni":  # reference statistics of this checkpoint at 2 EPS levels (SSNI's pass then costs 2 calls)
+        net, meta = load_denoiser(model)
+        assert meta["sha256"] == sha256_file(INTEROP / "score_sde_small_checkpoint.pth")
+        x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        compute_reference(net, x, schedule=VPSchedule(), checkpoint_sha256=meta["sha256"], t_levels=(0.001, 0.002),
+                          progress=False).save(ref)
+    spec = f"{name}:model={model},{opts.format(ref=ref)}"
+    res = run_eval(dataset="cifar10", data_dir=CIFAR_JPEG, classifier=clf, defense=spec,
+                   attack="none", n=2, eval_draws=1, sanity=False, progress=False)
+    assert 0.0 <= res["clean_accuracy"]["mean"] <= 1.0 and res["identity"]["classifier"]
+    assert res["defense"]["spec"] == spec and res["defense"]["nfe"] == nfe
+    if name == "ssni":  # statistics of another checkpoint are refused, naming the file and both checkpoints
+        bad = json.loads(ref.read_text())
+        bad["checkpoint_sha256"] = "0" * 64
+        (tmp_path / "other.eps-ref.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=r"other\.eps-ref\.json: EPS reference statistics were computed with "
+                                             r"diffusion checkpoint sha256 0{64}, but the model in use has [0-9a-f]{64}"):
+            build("defense", f"ssni:model={model},ref={tmp_path / 'other.eps-ref.json'}", SpecContext())
+
+
+def test_ssni_score_sde_through_the_cli(tmp_path, capsys):
+    """The README's CIFAR-10 commands on the small checkpoint: ``advpure eps reference --model score_sde:...`` writes
+    the statistics beside the checkpoint (``checkpoint_8.eps-ref.json``, with its sha256), where ``advpure eval
+    --defense ssni:model=score_sde:...`` finds them without ``ref=``; the classifier is a RobustBench-layout
+    WRN-28-10 file given as ``wrn-28-10:PATH``."""
+    import numpy as np
+    from PIL import Image
+
+    from advpure.checkpoint import sha256_file
+    from advpure.cli import main
+    from advpure.data.folders import CIFAR10_CLASSES
+
+    model = _score_sde_model(tmp_path)
+    torch.manual_seed(0)
+    clf = tmp_path / "Standard.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in build_classifier("wrn-28-10").state_dict().items()}}, clf)
+    # the statistics of 2 images of a 10-image train split in the CIFAR-10 folder layout (decoding the 50,000 JPEG
+    # train images would cost 15 s); the evaluation runs on CIFAR-10 test images
+    rng = np.random.default_rng(0)
+    for cls in CIFAR10_CLASSES:
+        (tmp_path / "mini" / "train" / cls).mkdir(parents=True)
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "mini/train" / cls / "0.png")
+    assert main(["eps", "reference", "--dataset", "cifar10", "--data-dir", str(tmp_path / "mini"), "--model", model,
+                 "--n", "2", "--batch-size", "2"]) == 0
+    ref = tmp_path / "checkpoint_8.eps-ref.json"
+    assert f"wrote {ref}" in capsys.readouterr().out
+    stats = json.loads(ref.read_text())
+    assert stats["checkpoint_sha256"] == sha256_file(INTEROP / "score_sde_small_checkpoint.pth")
+    assert len(stats["t_levels"]) == 20
+    stats["t_levels"] = stats["t_levels"][:2]  # SSNI's own EPS pass then costs 2 network calls instead of 20
+    ref.write_text(json.dumps(stats))
+    out = tmp_path / "ssni.json"
+    assert main(["eval", "--dataset", "cifar10", "--data-dir", str(CIFAR_JPEG), "--classifier", f"wrn-28-10:{clf}",
+                 "--defense", f"ssni:model={model},t=0.01,steps=1", "--attack", "none", "--n", "2", "--eval-draws", "1",
+                 "--no-sanity", "--no-progress", "--out", str(out)]) == 0, capsys.readouterr().err
+    res = json.loads(out.read_text())
+    assert res["defense"]["describe"]["defense"]["name"] == "SSNI-N" and res["defense"]["nfe"] == 1 + 2
+    assert 0.0 <= res["clean_accuracy"]["mean"] <= 1.0
 
 
 def _tiny_imagenet(root: Path, wnids: list[str], sizes=((90, 70), (64, 100))) -> None:

@@ -350,16 +350,23 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_attack_memory_benchmark_quick(tmp_path):
-    """benchmarks/attack_memory.py --quick: two fresh children (DiffPure on the digits zoo model, K = 5 and 20,
-    checkpointed); the peak-RSS growth of a PGD step stays flat in K."""
+    """benchmarks/attack_memory.py --quick: four fresh children, checkpointed (DiffPure on the digits zoo model, K = 5
+    and 20; DiffPure on a small random-weight guided-diffusion ADM at 256x256, batch 1, K = 2 and 4); the memory of a
+    PGD step stays flat in K."""
     out = tmp_path / "attack_memory.json"
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attack_memory.py"), "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     res = json.loads(out.read_text())
-    assert [(m["k"], m["checkpoint"]) for m in res["measurements"]] == [(5, True), (20, True)]
+    assert [(m["setup"], m["k"], m["checkpoint"], m["batch"]) for m in res["measurements"]] == [
+        ("diffpure-digits", 5, True, 4), ("diffpure-digits", 20, True, 4),
+        ("diffpure-adm256", 2, True, 1), ("diffpure-adm256", 4, True, 1)]
     assert all(m["finite"] and m["moved"] > 0 for m in res["measurements"])
     assert res["summary"]["diffpure-digits"]["checkpointed_growth_ratio"] < 1.5
+    adm = res["summary"]["diffpure-adm256"]
+    if adm["metric"] == "step_peak_mib":  # Linux: the step's own peak (batch 1: the warm-up reaches the same peak)
+        assert min(m["step_peak_mib"] for m in res["measurements"][2:]) > 100  # one step's graph at 256x256
+    assert adm["checkpointed_growth_ratio"] < 1.5
 
 
 def test_official_diffpure_benchmark_skips_without_torchsde():

@@ -125,7 +125,8 @@ class EPSReference:
         """Load and check that the statistics belong to the diffusion checkpoint with ``checkpoint_sha256``."""
         p = Path(path)
         if not p.is_file():
-            raise FileNotFoundError(f"EPS reference statistics {p} do not exist (compute them with `advpure eps-ref`)")
+            raise FileNotFoundError(f"EPS reference statistics {p} do not exist (compute them with "
+                                    "`advpure eps reference`, or give the path of existing ones)")
         ref = cls(**json.loads(p.read_text()))
         if checkpoint_sha256 is not None and ref.checkpoint_sha256 != checkpoint_sha256:
             raise ValueError(
@@ -135,9 +136,14 @@ class EPSReference:
 
 
 def reference_path(checkpoint: str | os.PathLike) -> Path:
-    """Where the reference statistics of a diffusion checkpoint live: ``<checkpoint>.eps-ref.json``."""
-    p = Path(checkpoint)
-    return p.with_name(p.stem + ".eps-ref.json") if p.is_file() else p / "eps-ref.json"
+    """Where the reference statistics of a diffusion checkpoint live: ``<checkpoint>.eps-ref.json`` (for a published
+    checkpoint, ``score_sde:DIR/checkpoint_8.pth[@config.json]``: ``DIR/checkpoint_8.eps-ref.json``), or
+    ``eps-ref.json`` inside a diffusers folder."""
+    from ..diffusion.models import parse_published
+
+    published = parse_published(checkpoint)
+    p = published[1] if published is not None else Path(checkpoint)
+    return p.with_name(p.stem + ".eps-ref.json") if published is not None or p.is_file() else p / "eps-ref.json"
 
 
 def compute_reference(eps_model, x: torch.Tensor, *, schedule, checkpoint_sha256: str | None,

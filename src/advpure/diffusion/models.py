@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .schedule import VPSchedule, _bcast
+from ..ops.broadcast import per_sample
+from .schedule import VPSchedule
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class GaussianScoreModel(nn.Module):
         self.calls += 1
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        a = _bcast(self.schedule.alpha(t), x)
-        s = _bcast(self.schedule.std(t), x)
+        a = per_sample(self.schedule.alpha(t), x, cast=True)
+        s = per_sample(self.schedule.std(t), x, cast=True)
         return s * (x - a * self.mean) / (a * a * self.var + s * s)
 
 
@@ -208,6 +209,25 @@ def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, (list, tuple)) else v
 
 
+#: the published checkpoint formats ``load_denoiser`` reads as ``FORMAT:PATH[@config.json]``
+PUBLISHED_FORMATS = ("score_sde", "guided_diffusion")
+
+
+def parse_published(spec: str | os.PathLike) -> tuple[str, Path, Path | None] | None:
+    """``"score_sde:PATH[@config.json]"`` (or ``guided_diffusion:``) -> ``(format, checkpoint, config or None)``;
+    None for anything else (an advpure checkpoint, a diffusers folder)."""
+    kind, sep, rest = str(spec).partition(":")
+    if not sep or kind not in PUBLISHED_FORMATS:
+        return None
+    ckpt, at, cfg = rest.partition("@")
+    if not ckpt:
+        raise ValueError(f"{str(spec)!r}: no checkpoint path after '{kind}:' (expected {kind}:PATH or "
+                         f"{kind}:PATH@config.json)")
+    if at and not cfg:
+        raise ValueError(f"{str(spec)!r}: no config file after '@' (expected {kind}:PATH@config.json)")
+    return kind, Path(ckpt).expanduser(), Path(cfg).expanduser() if at else None
+
+
 def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] | None = None
                   ) -> tuple[DiscreteTimeAdapter, dict]:
     """Load a diffusion model as an ``eps_model(x, t)`` plus metadata.
@@ -219,28 +239,27 @@ def load_denoiser(path: str | os.PathLike, *, image_shape: tuple[int, int, int] 
     configuration, or another one from a JSON file: ``score_sde:PATH@config.json``. ``image_shape`` (C, H, W)
     must match what the model was trained on.
     """
-    from ..checkpoint import load_artifact, load_into, resolve_artifact
+    from ..checkpoint import load_artifact, load_into, resolve_artifact, sha256_file
 
-    kind, sep, rest = str(path).partition(":")
-    if sep and kind in ("score_sde", "guided_diffusion"):
+    published = parse_published(path)
+    if published is not None:
         # the papers' published networks in their own on-disk layouts (score_sde checkpoint_8.pth with its EMA
         # weights; guided-diffusion 256x256_diffusion_uncond.pt), built with the released configurations
+        kind, ckpt, cfg_file = published
         if kind == "score_sde":
             from .score_sde import load_score_sde_denoiser as load_published
         else:
             from .adm import load_adm_denoiser as load_published
-        ckpt, at, cfg_path = rest.partition("@")
         config = None
-        if at:
-            import json
-
-            cfg_file = Path(cfg_path).expanduser()
+        if cfg_file is not None:
             if not cfg_file.is_file():
-                raise FileNotFoundError(f"{kind} config {cfg_file} does not exist (spec {path!r})")
+                raise FileNotFoundError(f"{kind} config {cfg_file} does not exist (spec {str(path)!r})")
             config = json.loads(cfg_file.read_text())
-        net, meta = load_published(Path(ckpt).expanduser(), config)
-        _check_shape(tuple(net.image_shape), image_shape, ckpt)
-        return net, meta
+        net, meta = load_published(ckpt, config)
+        _check_shape(tuple(net.image_shape), image_shape, str(ckpt))
+        # the file's sha256, as an advpure checkpoint's sidecar records it: what ties statistics computed with this
+        # model (SSNI's EPS reference, EPS-AD's kernel) to it
+        return net, {**meta, "sha256": sha256_file(ckpt)}
     p = Path(path).expanduser()
     if p.is_dir():
         net = load_unet(p, image_shape=image_shape)
