@@ -9,16 +9,29 @@
 # usage: experiments/digits/ssni/run.sh [ROW...]
 #   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, diffpure-strong ssni-n-strong ssni-l-strong, and
 #   ssni-l-nosanity (the reduced SSNI-L row without the sanity checks, as reported, written to ssni-l.json)
-# Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; SEEDS=0 experiments/digits/ssni/run.sh
-#   ssni-n-strong diffpure-strong
+# Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; PROCS=2 BATCH=16
+#   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
 mkdir -p "$OUT" runs/digits-ssni
 A="standard:eps=0.2,steps=20,eot=4,full_steps=10"
 A_STRONG="standard:eps=0.2"
-common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size 32 --seeds "${SEEDS:-0,1,2}"
-        --no-progress)
+common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size "${BATCH:-32}"
+        --seeds "${SEEDS:-0,1,2}" --no-progress)
+# PROCS=2 shards the (seed, batch) tasks over 2 processes (what torchrun would start: RANK/WORLD_SIZE and a gloo
+# rendezvous; torchrun itself cannot be used here, its parser takes `--n` for an ambiguous option of its own); use
+# BATCH=16 so that there are tasks to share. Rank 0 writes the results.
+P=${PROCS:-1}
+eval_row() {  # eval_row MD_FILE ARGS...
+  local md=$1 r; shift
+  if [ "$P" -le 1 ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "$@" > "$md"; return; fi
+  for ((r = P - 1; r >= 0; r--)); do
+    RANK=$r LOCAL_RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT:-29517} \
+      OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "$@" > "$([ "$r" = 0 ] && echo "$md" || echo /dev/null)" &
+  done
+  wait
+}
 D="t=0.1,steps=20,checkpoint=true"
 declare -A SPEC=(
   [diffpure]="diffpure:$D"
@@ -44,7 +57,7 @@ for row in "${rows[@]}"; do
     *-nosanity) extra=(--attack "$A" --no-sanity); out_row=${row%-nosanity} ;;
     *) extra=(--attack "$A" --sanity-n 32 --sanity-queries 200) ;;
   esac
-  OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${common[@]}" "${extra[@]}" --defense "$spec" \
-    --out "$OUT/$out_row$sfx.json" --journal "runs/digits-ssni/$out_row$sfx.jsonl" > "$OUT/$out_row$sfx.md"
+  eval_row "$OUT/$out_row$sfx.md" "${common[@]}" "${extra[@]}" --defense "$spec" --out "$OUT/$out_row$sfx.json" \
+    --journal "runs/digits-ssni/$out_row$sfx.jsonl"
 done
 echo "done $(date +%T)"
