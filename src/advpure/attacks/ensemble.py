@@ -206,14 +206,14 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
         # (name, surrogate purifier, budget factor): the surrogates of one or two network calls get CHEAP_FACTOR
         # times the steps and EOT (per gradient they cost 1/20 to 1/10 of a 20-step process, and gained from it:
         # docs/RESULTS.md, "Which surrogate")
-        surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1), CHEAP_FACTOR)]
+        cheap = 1 if lite else CHEAP_FACTOR  # the lite list keeps the ensemble's own budget
+        surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1), cheap)]
         if not lite:
-            surrogates += [("surrogate-ddim-2", defense.with_sampler("ddim", 2), CHEAP_FACTOR),
+            surrogates += [("surrogate-ddim-2", defense.with_sampler("ddim", 2), cheap),
                            ("surrogate-ddim-5", defense.with_sampler("ddim", 5), 1),
                            ("surrogate-sde-5", defense.with_steps(5), 1)]
         for name, sur, f in surrogates:
             sur_model = DefendedClassifier(classifier, sur).eval()
-            f = 1 if lite else f
             attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
     if defense is not None and not _is_identity(defense):
         attacks.append(("bpda", BPDA(**pgd(steps, eot if stochastic else 1))))
