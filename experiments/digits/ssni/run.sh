@@ -19,19 +19,8 @@ A="standard:eps=0.2,steps=20,eot=4,full_steps=10"
 A_STRONG="standard:eps=0.2"
 common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size "${BATCH:-32}"
         --seeds "${SEEDS:-0,1,2}" --no-progress)
-# PROCS=2 shards the (seed, batch) tasks over 2 processes (what torchrun would start: RANK/WORLD_SIZE and a gloo
-# rendezvous; torchrun itself cannot be used here, its parser takes `--n` for an ambiguous option of its own); use
-# BATCH=16 so that there are tasks to share. Rank 0 writes the results.
-P=${PROCS:-1}
-eval_row() {  # eval_row MD_FILE ARGS...
-  local md=$1 r; shift
-  if [ "$P" -le 1 ]; then OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "$@" > "$md"; return; fi
-  for ((r = P - 1; r >= 0; r--)); do
-    RANK=$r LOCAL_RANK=$r WORLD_SIZE=$P MASTER_ADDR=127.0.0.1 MASTER_PORT=${PORT:-29517} \
-      OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "$@" > "$([ "$r" = 0 ] && echo "$md" || echo /dev/null)" &
-  done
-  wait
-}
+# PROCS=2 shards the (seed, batch) tasks over 2 processes (experiments/lib/eval_row.sh); use BATCH=16 with it.
+source experiments/lib/eval_row.sh
 D="t=0.1,steps=20,checkpoint=true"
 declare -A SPEC=(
   [diffpure]="diffpure:$D"
