@@ -6,7 +6,12 @@
 # on a faster machine. Writes reports/cifar10/purification/<row>[-nN-seedsS].{json,md}; resumable (journals in runs/).
 # PROCS=2 shards the (seed, batch) tasks over 2 processes (experiments/lib/eval_row.sh); BATCH (default 16) images
 # per task.
+# Rows without an attack (one process, one draw; no journal: eval refuses it there): corr-diffpure-CLF and
+# corr-dt-CLF (the 5 noise/blur/JPEG corruptions at severity 5 on 64 test images, with and without DiffPure or the
+# distribution-transfer purifier, t* = 0.1, 20 steps) and certify-CLF (one-shot denoised randomized smoothing, sigma
+# 0.25, n0 50, n 500, 25 images), CLF = r56 (shared ResNet-56) or fastnet (zoo/cifar10-fastnet, ours).
 # usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]   rows: diffpure ssni-n ssni-l
+#        experiments/cifar10/purification/run.sh corr-diffpure-r56 corr-dt-r56 corr-diffpure-fastnet ... certify-r56
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 source experiments/lib/eval_row.sh
@@ -18,12 +23,28 @@ declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ss
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(diffpure)
 N=${N:-16}; SEEDS=${SEEDS:-0}
 sfx="-n$N-seeds${SEEDS//,/_}"
+C=(--dataset cifar10 --data-dir ../shared/data/cifar10-jpeg.tar.gz --no-progress)
+declare -A CLF=([r56]=resnet56:../shared/models/resnet56-4bfd9763.th [fastnet]=zoo/cifar10-fastnet.safetensors)
+CORR=(--threat corruptions --corruptions gaussian_noise,glass_blur,impulse_noise,jpeg_compression,shot_noise
+      --severities 5 --n 64 --batch-size 64)
 for row in "${rows[@]}"; do
+  case $row in
+    corr-diffpure-*|corr-dt-*|certify-*)
+      c=${row##*-}; clf=${CLF[$c]:?unknown classifier $c (r56 or fastnet)}
+      case $row in
+        corr-diffpure-*) extra=("${CORR[@]}" --defense "diffpure:model=$M,t=0.1,steps=20") ;;
+        corr-dt-*) extra=("${CORR[@]}" --defense "distribution-transfer:model=$M,t=0.1,steps=20") ;;
+        certify-*) extra=(--threat certify --model "$M" --sigma 0.25 --n0 50 --n-mc 500 --n 25 --batch-size 100) ;;
+      esac
+      echo "== $row $(date +%T)"
+      OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${C[@]}" --classifier "$clf" "${extra[@]}" \
+        --out "$OUT/$row.json" > "$OUT/$row.md"
+      continue ;;
+  esac
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
-  eval_row "$OUT/$row$sfx.md" --dataset cifar10 --data-dir ../shared/data/cifar10-jpeg.tar.gz \
-    --classifier resnet56:../shared/models/resnet56-4bfd9763.th --defense "$spec" \
+  eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "${CLF[r56]}" --defense "$spec" \
     --attack "standard:eps=8/255,steps=20,eot=4,full_steps=10" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \
-    --no-sanity --no-progress --out "$OUT/$row$sfx.json" --journal "runs/cifar10-purification/$row$sfx.jsonl"
+    --no-sanity --out "$OUT/$row$sfx.json" --journal "runs/cifar10-purification/$row$sfx.jsonl"
 done
 echo "done $(date +%T)"
