@@ -18,7 +18,8 @@ source experiments/lib/eval_row.sh
 OUT=reports/cifar10/purification
 mkdir -p "$OUT" runs/cifar10-purification
 M=zoo/cifar10-purify-t0.2.safetensors
-D="model=$M,t=0.1,steps=20,checkpoint=true"
+P="model=$M,t=0.1,steps=20"  # the purifier; attacked rows add checkpointing (memory flat in the steps)
+D="$P,checkpoint=true"
 declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L")
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(diffpure)
 N=${N:-16}; SEEDS=${SEEDS:-0}
@@ -32,13 +33,12 @@ for row in "${rows[@]}"; do
     corr-diffpure-*|corr-dt-*|certify-*)
       c=${row##*-}; clf=${CLF[$c]:?unknown classifier $c (r56 or fastnet)}
       case $row in
-        corr-diffpure-*) extra=("${CORR[@]}" --defense "diffpure:model=$M,t=0.1,steps=20") ;;
-        corr-dt-*) extra=("${CORR[@]}" --defense "distribution-transfer:model=$M,t=0.1,steps=20") ;;
+        corr-diffpure-*) extra=("${CORR[@]}" --defense "diffpure:$P") ;;
+        corr-dt-*) extra=("${CORR[@]}" --defense "distribution-transfer:$P") ;;
         certify-*) extra=(--threat certify --model "$M" --sigma 0.25 --n0 50 --n-mc 500 --n 25 --batch-size 100) ;;
       esac
       echo "== $row $(date +%T)"
-      OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} .venv/bin/advpure eval "${C[@]}" --classifier "$clf" "${extra[@]}" \
-        --out "$OUT/$row.json" > "$OUT/$row.md"
+      PROCS=1 eval_row "$OUT/$row.md" "${C[@]}" --classifier "$clf" "${extra[@]}" --out "$OUT/$row.json"
       continue ;;
   esac
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
