@@ -8,15 +8,19 @@
 # one seed (the -strong rows were run so on the 2-core machine); outputs are named after the row and the seeds.
 # usage: experiments/digits/ssni/run.sh [ROW...]
 #   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, diffpure-strong ssni-n-strong ssni-l-strong, and
-#   ssni-l-nosanity (the reduced SSNI-L row without the sanity checks, as reported, written to ssni-l.json)
+#   ssni-l-nosanity (the reduced SSNI-L row without the sanity checks, as reported, written to ssni-l.json), and the
+#   convergence check diffpure-x2 ssni-n-x2 (the -strong rows with 2x steps and 2x EOT for every member; compare
+#   image by image with experiments/lib/paired.py)
 # Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; PROCS=2 BATCH=16
-#   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate)
+#   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate);
+#   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
 mkdir -p "$OUT" runs/digits-ssni
 A="standard:eps=0.2,steps=20,eot=4,full_steps=10"
 A_STRONG="standard:eps=0.2"
+A_X2="standard:eps=0.2,steps=100,eot=16,full_steps=40"  # the convergence check: 2x the default steps and EOT
 common=(--dataset digits --classifier zoo/digits-small-cnn.safetensors --n 32 --batch-size "${BATCH:-32}"
         --seeds "${SEEDS:-0,1,2}" --no-progress)
 # PROCS=2 shards the (seed, batch) tasks over 2 processes (experiments/lib/eval_row.sh); use BATCH=16 with it.
@@ -33,6 +37,8 @@ declare -A SPEC=(
   [ssni-n-strong]="ssni:$D,mode=N"
   [ssni-l-strong]="ssni:$D,mode=L"
   [ssni-l-nosanity]="ssni:$D,mode=L"
+  [diffpure-x2]="diffpure:$D"
+  [ssni-n-x2]="ssni:$D,mode=N"
 )
 rows=("$@")
 [ ${#rows[@]} -eq 0 ] && rows=(diffpure ssni-n ssni-l)
@@ -43,6 +49,7 @@ for row in "${rows[@]}"; do
   out_row=$row
   case $row in
     *-strong) extra=(--attack "$A_STRONG" --no-sanity) ;;
+    *-x2) extra=(--attack "$A_X2" --no-sanity) ;;
     *-nosanity) extra=(--attack "$A" --no-sanity); out_row=${row%-nosanity} ;;
     *) extra=(--attack "$A" --sanity-n 32 --sanity-queries 200) ;;
   esac
