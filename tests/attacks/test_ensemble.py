@@ -51,6 +51,33 @@ def test_standard_list_for_diffusion_purifiers_is_cheapest_first():
         standard_attacks(classifier=clf, defense=dp, eps=0.2, level="heavy")
 
 
+def test_fixed_sampler_purifiers_get_fewer_step_surrogates():
+    """GDMP, GNSP and distribution transfer cannot change their sampler, only their step count: the standard list
+    attacks the same process with 1 step (2x budget) and 5 steps (per round / stage), each only when cheaper."""
+    from advpure.defenses.distribution_transfer import DistributionTransfer
+    from advpure.defenses.gdmp import GDMP
+    from advpure.defenses.gnsp import GNSP
+
+    model, _ = _gauss()
+    clf = build_classifier("small-cnn").eval()
+    gdmp = GDMP(model, t=0.036, iterations=2, freeze=False)  # 36 steps per round, 72 network evaluations
+    gnsp = GNSP(model, freeze=False)  # stages 30x4, 50x2, 125x2: 8 rounds
+    dt = DistributionTransfer(model, clf, t=0.1, steps=4, freeze=False)  # 4 steps: a 5-step surrogate costs more
+    full = ["bpda", "apgd-ce", "pgd"]
+    for d, sur in ((gdmp, ["surrogate-steps-1", "surrogate-steps-5"]), (gnsp, ["surrogate-steps-1", "surrogate-steps-5"]),
+                   (dt, ["surrogate-steps-1"])):
+        ens = standard_attacks(classifier=clf, defense=d, eps=0.2)
+        assert _names(ens) == sur + full, type(d).__name__
+        purifiers = {n: a.surrogate.defense for n, a in ens.attacks if n.startswith("surrogate")}
+        rounds = {GDMP: 2, GNSP: 8, DistributionTransfer: 1}[type(d)]
+        assert {n: p.nfe for n, p in purifiers.items()} == {n: float(int(n.rsplit("-", 1)[1]) * rounds)
+                                                            for n in purifiers}
+        assert (ens.attacks[0][1].pgd.steps, ens.attacks[0][1].pgd.eot) == (100, 16)
+        assert _names(standard_attacks(classifier=clf, defense=d, eps=0.2, level="lite")) == ["surrogate-steps-1",
+                                                                                                "bpda"]
+    assert gdmp.steps == 36 and gnsp.nfe == 4 * 30 + 2 * 50 + 2 * 125  # the defenses themselves are untouched
+
+
 def test_one_step_surrogate_is_tweedies_estimate():
     """DDIM with one step from t* to 0 is x0 = (x_t - std(t*) eps(x_t, t*)) / alpha(t*) (Song et al. 2021, Eq. 12
     with alpha_0 = 1, sigma_0 = 0), written out here from the schedule's alpha and std."""

@@ -16,6 +16,10 @@ demo), cheapest first:
   :class:`~advpure.defenses.ssni.SSNI`): PGD-EOT on the one-step denoising surrogate (one network call, Lee &
   Kim 2023) and on the deterministic DDIM reverse process with 2 steps (these two with ``CHEAP_FACTOR`` times the
   steps and EOT), then on DDIM with 5 steps and on the same SDE with 5 steps;
+- for a diffusion purifier whose sampler is fixed but whose number of reverse steps can change (GDMP, GNSP,
+  distribution transfer: :attr:`~advpure.defenses.base.Purifier.steps_arg`): PGD-EOT on the same process with one
+  reverse step (per round or stage; ``CHEAP_FACTOR`` times the budget) and with 5, each only if it costs fewer
+  network evaluations than the defense;
 - BPDA-EOT (real forward, identity backward; Athalye et al. 2018);
 - APGD-CE-EOT and PGD-EOT with full gradients through the defense (checkpointed);
 - the method-specific attacks when the defense has them (CMAP: the consistency-disruption attack; DAD: the
@@ -215,6 +219,19 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
         for name, sur, f in surrogates:
             sur_model = DefendedClassifier(classifier, sur).eval()
             attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
+    elif getattr(defense, "steps_arg", None) is not None and hasattr(defense, "nfe"):
+        # a purifier whose sampler is fixed but whose step count can change (GDMP, GNSP, distribution transfer):
+        # the same process (noise levels, guidance) with 1 and with 5 reverse steps (per round or stage), each only
+        # when it is cheaper than the defense itself
+        for n_sur, f in ((1, 1 if lite else CHEAP_FACTOR), (5, 1)):
+            if lite and n_sur > 1:
+                break
+            sur = defense.with_steps(n_sur)
+            if float(sur.nfe) >= float(defense.nfe):
+                continue
+            sur_model = DefendedClassifier(classifier, sur).eval()
+            attacks.append((f"surrogate-steps-{n_sur}", SurrogateProcess(surrogate=sur_model,
+                                                                        **pgd(steps * f, eot * f))))
     if defense is not None and not _is_identity(defense):
         attacks.append(("bpda", BPDA(**pgd(steps, eot if stochastic else 1))))
     if not lite or defense is None or _is_identity(defense):
