@@ -10,7 +10,9 @@
 # corr-dt-CLF (the 5 noise/blur/JPEG corruptions at severity 5 on 64 test images, with and without DiffPure or the
 # distribution-transfer purifier, t* = 0.1, 20 steps) and certify-CLF (one-shot denoised randomized smoothing, sigma
 # 0.25, n0 50, n 500, 25 images), CLF = r56 (shared ResNet-56) or fastnet (zoo/cifar10-fastnet, ours).
-# usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]   rows: diffpure ssni-n ssni-l
+# Attacked rows: diffpure ssni-n ssni-l dt (distribution transfer, scale 100) on the ResNet-56; diffpure-fastnet and
+# dt-fastnet on zoo/cifar10-fastnet; diffpure-l2 ssni-n-l2 ssni-l-l2 (t* = 0.075, l_2 0.5, same reduced strength).
+# usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]
 #        experiments/cifar10/purification/run.sh corr-diffpure-r56 corr-dt-r56 corr-diffpure-fastnet ... certify-r56
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -20,7 +22,12 @@ mkdir -p "$OUT" runs/cifar10-purification
 M=zoo/cifar10-purify-t0.2.safetensors
 P="model=$M,t=0.1,steps=20"  # the purifier; attacked rows add checkpointing (memory flat in the steps)
 D="$P,checkpoint=true"
-declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L")
+D2="model=$M,t=0.075,steps=20,checkpoint=true"  # DiffPure's l_2 setting (t* = 0.075)
+declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
+                 [diffpure-fastnet]="diffpure:$D" [dt]="distribution-transfer:$D" [dt-fastnet]="distribution-transfer:$D"
+                 [diffpure-l2]="diffpure:$D2" [ssni-n-l2]="ssni:$D2,mode=N" [ssni-l-l2]="ssni:$D2,mode=L")
+LINF="standard:eps=8/255,steps=20,eot=4,full_steps=10"
+L2="standard:eps=0.5,norm=l2,steps=20,eot=4,full_steps=10"
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(diffpure)
 N=${N:-16}; SEEDS=${SEEDS:-0}
 sfx="-n$N-seeds${SEEDS//,/_}"
@@ -43,8 +50,10 @@ for row in "${rows[@]}"; do
   esac
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
-  eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "${CLF[r56]}" --defense "$spec" \
-    --attack "standard:eps=8/255,steps=20,eot=4,full_steps=10" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \
+  clf=${CLF[r56]}; [[ $row == *-fastnet ]] && clf=${CLF[fastnet]}
+  attack=$LINF; [[ $row == *-l2 ]] && attack=$L2
+  eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "$clf" --defense "$spec" \
+    --attack "$attack" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \
     --no-sanity --out "$OUT/$row$sfx.json" --journal "runs/cifar10-purification/$row$sfx.jsonl"
 done
 echo "done $(date +%T)"
