@@ -20,7 +20,7 @@ from advpure.diffusion.models import load_denoiser
 from advpure.diffusion.samplers import sample
 from advpure.diffusion.schedule import VPSchedule
 from advpure.models import load_classifier
-from advpure.train.consistency import confidence_summary
+from advpure.train.consistency import confidence_summary, one_step_samples
 from advpure.train.diffusion import save_grid
 
 CLASSIFIERS = {"fastnet": "zoo/cifar10-fastnet.safetensors", "resnet56": "resnet56:../shared/models/resnet56-4bfd9763.th"}
@@ -30,23 +30,20 @@ DATA = "../shared/data/cifar10-jpeg.tar.gz"
 @torch.no_grad()
 def draw(a: argparse.Namespace) -> torch.Tensor:
     """``a.n`` samples in [0, 1], in batches of 250 (one-step CM) or 64 (DDPM), from ``torch.Generator`` seed ``a.seed``."""
-    g = torch.Generator().manual_seed(a.seed)
-    out = []
     if a.cm:
         cm, _ = load_consistency_model(a.cm, image_shape=(3, 32, 32))
-        cm.eval()
-        for i in range(0, a.n, 250):
-            out.append(cm.sample(min(250, a.n - i), generator=g, device="cpu"))
-    else:
-        model, meta = load_denoiser(a.teacher, image_shape=(3, 32, 32))
-        if float(meta.get("t_max", 1.0)) < 1.0:
-            raise SystemExit(f"recognise.py: {a.teacher} is trained on t <= {meta['t_max']}; it cannot generate from "
-                             "t = 1 (pass a full-range model)")
-        model.eval()
-        for i in range(0, a.n, 64):
-            out.append(sample(model, (min(64, a.n - i), 3, 32, 32), schedule=VPSchedule(), n_steps=a.steps,
-                              method="ddpm", generator=g))
-            print(f"sampled {min(i + 64, a.n)}/{a.n}", flush=True)
+        return one_step_samples(cm.eval(), a.n, seed=a.seed)
+    g = torch.Generator().manual_seed(a.seed)
+    out = []
+    model, meta = load_denoiser(a.teacher, image_shape=(3, 32, 32))
+    if float(meta.get("t_max", 1.0)) < 1.0:
+        raise SystemExit(f"recognise.py: {a.teacher} is trained on t <= {meta['t_max']}; it cannot generate from "
+                         "t = 1 (pass a full-range model)")
+    model.eval()
+    for i in range(0, a.n, 64):
+        out.append(sample(model, (min(64, a.n - i), 3, 32, 32), schedule=VPSchedule(), n_steps=a.steps,
+                          method="ddpm", generator=g))
+        print(f"sampled {min(i + 64, a.n)}/{a.n}", flush=True)
     return ((torch.cat(out) + 1) / 2).clamp(0, 1)
 
 

@@ -205,33 +205,29 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
 
     attacks: list[tuple[str, Attack]] = []
     stochastic = bool(getattr(defense, "stochastic", False))
-    # surrogate processes of a purifier whose reverse process can change (Purifier.sampler_arg: DiffPure, SSNI)
+    # (name, surrogate purifier, budget factor): the surrogates of one or two network calls get CHEAP_FACTOR times
+    # the steps and EOT (per gradient they cost 1/20 to 1/10 of a 20-step process, and gained from it:
+    # docs/RESULTS.md, "Which surrogate"); the lite list keeps the ensemble's own budget and only the cheapest
+    cheap = 1 if lite else CHEAP_FACTOR
+    surrogates: list[tuple[str, nn.Module, int]] = []
     if getattr(defense, "sampler_arg", None) is not None:
-        # (name, surrogate purifier, budget factor): the surrogates of one or two network calls get CHEAP_FACTOR
-        # times the steps and EOT (per gradient they cost 1/20 to 1/10 of a 20-step process, and gained from it:
-        # docs/RESULTS.md, "Which surrogate")
-        cheap = 1 if lite else CHEAP_FACTOR  # the lite list keeps the ensemble's own budget
+        # a purifier whose reverse process can change (Purifier.sampler_arg: DiffPure, SSNI)
         surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1), cheap)]
         if not lite:
             surrogates += [("surrogate-ddim-2", defense.with_sampler("ddim", 2), cheap),
                            ("surrogate-ddim-5", defense.with_sampler("ddim", 5), 1),
                            ("surrogate-sde-5", defense.with_steps(5), 1)]
-        for name, sur, f in surrogates:
-            sur_model = DefendedClassifier(classifier, sur).eval()
-            attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
-    elif getattr(defense, "steps_arg", None) is not None and hasattr(defense, "nfe"):
+    elif getattr(defense, "steps_arg", None) is not None:
         # a purifier whose sampler is fixed but whose step count can change (GDMP, GNSP, distribution transfer):
         # the same process (noise levels, guidance) with 1 and with 5 reverse steps (per round or stage), each only
         # when it is cheaper than the defense itself
-        for n_sur, f in ((1, 1 if lite else CHEAP_FACTOR), (5, 1)):
-            if lite and n_sur > 1:
-                break
+        for n_sur, f in [(1, cheap)] + ([] if lite else [(5, 1)]):
             sur = defense.with_steps(n_sur)
-            if float(sur.nfe) >= float(defense.nfe):
-                continue
-            sur_model = DefendedClassifier(classifier, sur).eval()
-            attacks.append((f"surrogate-steps-{n_sur}", SurrogateProcess(surrogate=sur_model,
-                                                                        **pgd(steps * f, eot * f))))
+            if float(sur.nfe) < float(defense.nfe):
+                surrogates.append((f"surrogate-steps-{n_sur}", sur, f))
+    for name, sur, f in surrogates:
+        sur_model = DefendedClassifier(classifier, sur).eval()
+        attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
     if defense is not None and not _is_identity(defense):
         attacks.append(("bpda", BPDA(**pgd(steps, eot if stochastic else 1))))
     if not lite or defense is None or _is_identity(defense):

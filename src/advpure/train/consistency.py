@@ -63,13 +63,19 @@ def confidence_summary(classifier: nn.Module, images: torch.Tensor, *, threshold
 
 
 @torch.no_grad()
-def recognisability(cm: ConsistencyModel, classifier: nn.Module, *, n: int = 1000, seed: int = 0,
-                    threshold: float = 0.9, batch: int = 250) -> dict[str, Any]:
-    """:func:`confidence_summary` of ``n`` one-step samples (drawn in batches of ``batch`` from ``seed``)."""
+def one_step_samples(cm: ConsistencyModel, n: int, *, seed: int = 0, batch: int = 250) -> torch.Tensor:
+    """``n`` one-step samples in [0, 1], drawn in batches of ``batch`` from one generator seeded ``seed``."""
     dev = next(cm.parameters()).device
     g = torch.Generator(device=dev).manual_seed(seed)
-    x = torch.cat([((cm.sample(min(batch, n - i), generator=g, device=dev) + 1) / 2).clamp(0, 1)
-                   for i in range(0, n, batch)])
+    return torch.cat([((cm.sample(min(batch, n - i), generator=g, device=dev) + 1) / 2).clamp(0, 1)
+                      for i in range(0, n, batch)])
+
+
+@torch.no_grad()
+def recognisability(cm: ConsistencyModel, classifier: nn.Module, *, n: int = 1000, seed: int = 0,
+                    threshold: float = 0.9, batch: int = 250) -> dict[str, Any]:
+    """:func:`confidence_summary` of ``n`` one-step samples (:func:`one_step_samples`)."""
+    x = one_step_samples(cm, n, seed=seed, batch=batch)
     return confidence_summary(classifier, x, threshold=threshold, batch=batch)
 
 
