@@ -2,7 +2,9 @@
 evaluation draws, selection on 16 separate draws): each candidate alone, through the same runner and protocol as
 ``advpure eval --attack standard``. usage: study.py NAME [DEFENSE_SPEC]; writes
 reports/digits/attack-strength/NAME-DEFENSE.json. NAME: SURROGATE-LOSS-STEPSxEOT, e.g. one-ce-100x16
-(the one-step denoising surrogate, CE loss, 100 steps, EOT 16) or ddim2-ce-100x16 (DDIM with 2 steps); see C below."""
+(the one-step denoising surrogate, CE loss, 100 steps, EOT 16) or ddim2-ce-100x16 (DDIM with 2 steps); for a
+purifier with a fixed sampler (GDMP, GNSP) stepsN-ce-... is the same process with N reverse steps per round or
+stage, e.g. study.py steps2-ce-50x8 gnsp:steps=5,checkpoint=true; see C below."""
 import json
 import sys
 import time
@@ -25,6 +27,9 @@ eps = 0.2
 def sur(sampler, n, steps, eot, loss="ce"):
     m = DefendedClassifier(clf, defense.with_sampler(sampler, n)).eval()
     return SurrogateProcess(surrogate=m, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, loss=loss)
+def sur_steps(n, steps, eot, loss="ce"):  # purifiers with a fixed sampler (GDMP, GNSP): the same process, n steps
+    m = DefendedClassifier(clf, defense.with_steps(n)).eval()
+    return SurrogateProcess(surrogate=m, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, loss=loss)
 C = {
  "one-ce-50x8": lambda: [("a", sur("ddim", 1, 50, 8))],
  "one-ce-200x32": lambda: [("a", sur("ddim", 1, 200, 32))],
@@ -37,6 +42,8 @@ C = {
  "one-ce-100x16": lambda: [("a", sur("ddim", 1, 100, 16))],
  "one-dlr-100x16": lambda: [("a", sur("ddim", 1, 100, 16, "dlr"))],
  "one-cw-100x16": lambda: [("a", sur("ddim", 1, 100, 16, "cw"))],
+ "steps1-ce-50x8": lambda: [("a", sur_steps(1, 50, 8))],
+ "steps2-ce-50x8": lambda: [("a", sur_steps(2, 50, 8))],
 }
 atts = C[which]()
 ens = Ensemble(atts, select_draws=16)

@@ -10,10 +10,16 @@
 #   rows: diffpure ssni-n ssni-n-diff ssni-l ssni-l-diff ssni-l-ref, diffpure-strong ssni-n-strong ssni-l-strong, and
 #   ssni-l-nosanity (the reduced SSNI-L row without the sanity checks, as reported, written to ssni-l.json), and the
 #   convergence check diffpure-x2 ssni-n-x2 (the -strong rows with 2x steps and 2x EOT for every member; compare
-#   image by image with experiments/lib/paired.py)
+#   image by image with experiments/lib/paired.py), and the other purifiers at the default strength: gdmp-strong
+#   (GDMP, SSIM guidance at scale 100, 4 rounds to DiffPure's t = 0.1 with 5 guided DDPM steps each = 20 network
+#   calls as DiffPure; the authors' CIFAR-10 setting, t = 0.036 for an 8/255 budget, leaves digits' 0.2 in place) and
+#   gnsp-strong (GNSP, the default 8 stages 30x4, 50x2, 125x2 with 5 reverse steps each = 40 calls; the authors run
+#   the stage's DDPM steps: 470 calls), with its convergence check gnsp-x2 and the control diffpure-t125-strong
+#   (DiffPure to GNSP's largest noise level, t* = 0.125, 25 steps: the same step size as the t* = 0.1 rows)
 # Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; PROCS=2 BATCH=16
 #   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate);
-#   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2
+#   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2; SEEDS=0 PROCS=2 BATCH=16
+#   experiments/digits/ssni/run.sh gdmp-strong gnsp-strong gnsp-x2 diffpure-t125-strong
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
@@ -39,6 +45,10 @@ declare -A SPEC=(
   [ssni-l-nosanity]="ssni:$D,mode=L"
   [diffpure-x2]="diffpure:$D"
   [ssni-n-x2]="ssni:$D,mode=N"
+  [gdmp-strong]="gdmp:t=0.1,steps=5,iterations=4,checkpoint=true"
+  [gnsp-strong]="gnsp:steps=5,checkpoint=true"
+  [gnsp-x2]="gnsp:steps=5,checkpoint=true"
+  [diffpure-t125-strong]="diffpure:t=0.125,steps=25,checkpoint=true"
 )
 rows=("$@")
 [ ${#rows[@]} -eq 0 ] && rows=(diffpure ssni-n ssni-l)
