@@ -87,3 +87,14 @@ def test_extra_modules_are_saved_and_restored(tmp_path):
     loop2.extra = {"target": fresh}
     loop2.resume()
     assert torch.equal(fresh.weight, target.weight)
+
+
+def test_resumed_run_refuses_fewer_steps_than_its_state(tmp_path):
+    # a resumed state at step 3 asked to train to step 2 would save step-3 weights under a step-2 name
+    loop, loss_step = _setup(tmp_path)
+    loop.run(3, loss_step, progress=False)
+    again, step_again = _setup(tmp_path)
+    assert again.resume() == 3
+    with pytest.raises(ValueError, match=r"steps=2 is below the step of the resumed state .*\(3\)"):
+        again.run(2, step_again, progress=False)
+    assert again.run(3, step_again, progress=False).step == 3  # as many steps as the state: saves it as it is

@@ -4,7 +4,8 @@
 # noise levels (t_max = 1); the consistency model F (same UNet) is distilled from it. Both runs resume from their
 # state in runs/cifar-gen/ (written every 250 steps), so a killed run loses at most 250 steps and continues exactly.
 # usage: experiments/cifar10/generator/run.sh teacher [STEPS]   # (re)starts or resumes the teacher run (1 thread)
-#        experiments/cifar10/generator/run.sh export STEP       # the teacher's EMA weights at STEP (a copy of the state)
+#        experiments/cifar10/generator/run.sh export STEP       # the teacher's EMA weights (a copy of the state; STEP = its
+#                                                                 # step, saved every 250: a smaller one is refused)
 #        experiments/cifar10/generator/run.sh cm TEACHER [STEPS] # (re)starts or resumes the distillation from TEACHER
 #        experiments/cifar10/generator/run.sh recognise CM OUT.json  # one-step samples judged by fastnet and ResNet-56
 set -euo pipefail

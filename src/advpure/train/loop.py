@@ -115,6 +115,10 @@ class TrainLoop:
         at the end. ``postfix(mean of the last 50 losses)`` -> the progress bar's fields, every 50 steps."""
         from tqdm.auto import tqdm
 
+        if steps < self.step:
+            raise ValueError(f"steps={steps} is below the step of the resumed state {self.state_path} "
+                             f"({self.step}): ask for at least {self.step} steps (that many saves the state's weights "
+                             "as they are)")
         postfix = postfix or (lambda m: {"loss": f"{m:.4f}"})
         losses: list[float] = []
         t0 = time.perf_counter()
