@@ -24,12 +24,13 @@ clf = load_classifier("zoo/digits-small-cnn.safetensors").eval()
 ctx = SpecContext(classifier=clf, dataset="digits", image_shape=(1, 8, 8), device=torch.device("cpu"))
 defense = build("defense", defspec, ctx)
 eps = 0.2
-def sur(sampler, n, steps, eot, loss="ce"):
-    m = DefendedClassifier(clf, defense.with_sampler(sampler, n)).eval()
+def through(purifier, steps, eot, loss="ce"):  # PGD-EOT on the classifier behind a surrogate purifier
+    m = DefendedClassifier(clf, purifier).eval()
     return SurrogateProcess(surrogate=m, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, loss=loss)
+def sur(sampler, n, steps, eot, loss="ce"):  # the defense with another reverse process
+    return through(defense.with_sampler(sampler, n), steps, eot, loss)
 def sur_steps(n, steps, eot, loss="ce"):  # purifiers with a fixed sampler (GDMP, GNSP): the same process, n steps
-    m = DefendedClassifier(clf, defense.with_steps(n)).eval()
-    return SurrogateProcess(surrogate=m, norm="linf", eps=eps, steps=steps, step_size=2.5 * eps / steps, eot=eot, loss=loss)
+    return through(defense.with_steps(n), steps, eot, loss)
 C = {
  "one-ce-50x8": lambda: [("a", sur("ddim", 1, 50, 8))],
  "one-ce-200x32": lambda: [("a", sur("ddim", 1, 200, 32))],
