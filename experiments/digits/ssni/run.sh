@@ -18,7 +18,7 @@
 #   (DiffPure to GNSP's largest noise level, t* = 0.125, 25 steps: the same step size as the t* = 0.1 rows)
 # Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; PROCS=2 BATCH=16
 #   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate);
-#   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2; SEEDS=0 PROCS=2 BATCH=16
+#   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2 ssni-n-x2; SEEDS=0 PROCS=2 BATCH=16
 #   experiments/digits/ssni/run.sh gdmp-strong gnsp-strong gnsp-x2 diffpure-t125-strong
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
