@@ -27,8 +27,11 @@ on the same images and draws.
 The accelerator machine has no ``diffusers`` and ``../shared`` does not travel. Prepare once, here, in the
 repository root (``.whl/`` and ``runs/`` are ignored by .gitignore)::
 
-    mkdir -p .whl runs/device && cp ../shared/data/cifar10-jpeg.tar.gz runs/device/
-    .venv/bin/python -m pip download --no-deps --only-binary=:all: -d .whl diffusers==0.42.1
+    .venv/bin/python benchmarks/device_prepare.py
+
+(it copies the data to ``runs/device/``, writes the diffusers 0.42.1 wheel without its pipelines to ``.whl/`` -- the
+full wheel took the tree over the 64 MiB that travels -- checks that ``UNet2DModel`` imports from it, and prints the
+size that will travel)
 
 then run, with ``carry: [".whl", "runs/device/cifar10-jpeg.tar.gz"]`` and ``timeout_s: 570`` (the script stops
 itself at ``--max-wall-s`` = 515 s after it starts; about 480 s with the default budgets)::
@@ -41,6 +44,11 @@ Compilation time shows as ``first_step_seconds`` in each sidecar's ``run``. Phas
 graph; phase 3 compiles once more, for the no-grad teacher/target calls (both seen with the aot_eager backend on
 CPU). ``--compile off`` trades speed for predictability. On CPU, where the attacks run later, one forward pass of the
 4.06M network took 3.0x as long as the zoo's 1.1M ``cifar10-tiny`` (0.37 s vs 0.12 s, batch 16, one thread).
+
+What it did on an H200 (2026-11-30, ``--budgets 255,90,110``, 474 s of wall time, 513 s of device time with the
+start; outputs in ``reports/cifar10/device/``, the three weight files kept out of git -- 15.5 MiB each, none beat
+the zoo's CPU models where it matters, see docs/RESULTS.md): compilation took 76 s of phase 1 and 40 s of phase 3;
+about 20 training steps/s at batch 256 in phases 1-2 (3,360 and 1,600 steps), 14 in phase 3 (770 steps).
 
 CPU check (< 60 s on one thread; the test runs it): ``OMP_NUM_THREADS=1 .venv/bin/python benchmarks/device_train.py
 --smoke --synthetic --out /tmp/dt-smoke`` (tiny preset, 4 steps a phase, batch 8, 64 images, fp32).
