@@ -3,13 +3,16 @@ images, and DiffPure's clean accuracy (t* = 0.1, 100 reverse-SDE steps, one draw
 for the project's classifier and the shared ResNet-56, against undefended; 95% Wilson intervals.
 
     python experiments/cifar10/purification-model/study.py --model zoo/X.safetensors --out reports/.../X.json
-        [--mse-n 1000] [--acc-n 500] [--skip-acc] [--seed 0]
+        [--mse-n 1000] [--acc-n 500] [--skip-acc] [--skip-mse] [--seed 0] [--pair OTHER.json]
 
 MSE protocol: ``advpure.train.diffusion.denoising_error`` (mean over pixels of ||eps_theta(x_t, t) - eps||^2),
 4 noise draws per image, a fresh generator seeded per t, EMA weights, fp32; a fixed subset of ``--mse-n`` test
 images (``subset(n, 0)``).
 Accuracy protocol: the test subset ``load_dataset(...).subset(acc_n, 0)`` (the runner's subset), purified once
-per image with a seeded generator, the same purified images classified by both classifiers.
+per image with a seeded generator, the same purified images classified by both classifiers. The JSON keeps each
+image's 0/1 correctness (``correct``), so two models run with the same ``--seed`` and ``--acc-n`` (the same images
+and the same noise draws) are compared image by image: ``--pair OTHER.json`` adds the paired difference (this model
+minus OTHER, ``advpure.eval.metrics.paired_difference``) of DiffPure's clean accuracy for each classifier.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import torch
 from advpure.data import load_dataset
 from advpure.defenses.diffpure import DiffPure
 from advpure.diffusion import load_denoiser
-from advpure.eval.metrics import interval95
+from advpure.eval.metrics import interval95, paired_difference
 from advpure.models import load_classifier
 from advpure.train.diffusion import denoising_error
 
@@ -39,6 +42,8 @@ def main() -> None:
     ap.add_argument("--mse-n", type=int, default=1000)
     ap.add_argument("--acc-n", type=int, default=500)
     ap.add_argument("--skip-acc", action="store_true")
+    ap.add_argument("--skip-mse", action="store_true")
+    ap.add_argument("--pair", default=None, help="a study JSON of another model (same --seed/--acc-n) to pair with")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=100)
     a = ap.parse_args()
@@ -53,7 +58,10 @@ def main() -> None:
     x0 = x * 2 - 1
     t0 = time.perf_counter()
     mse = {}
-    for t in (0.02, 0.05, 0.1, 0.2):
+    other = json.loads(Path(a.pair).read_text()) if a.pair else None
+    if other is not None and ("correct" not in other or other.get("acc_n") != a.acc_n or other.get("seed") != a.seed):
+        raise SystemExit(f"--pair {a.pair}: needs a study JSON with per-image 'correct' at acc_n {a.acc_n}, seed {a.seed}")
+    for t in () if a.skip_mse else (0.02, 0.05, 0.1, 0.2):
         g = torch.Generator().manual_seed(a.seed * 1000 + int(t * 1000))
         tot = 0.0
         for i in range(0, x0.shape[0], a.batch):
@@ -61,7 +69,7 @@ def main() -> None:
             tot += denoising_error(eps_model, xb, t, generator=g, repeats=4) * xb.shape[0]
         mse[str(t)] = round(tot / x0.shape[0], 5)
         print(f"MSE t={t}: {mse[str(t)]}", flush=True)
-    rec["mse"] = mse
+    rec["mse"] = mse or None
     rec["mse_seconds"] = round(time.perf_counter() - t0, 1)
     if not a.skip_acc:
         sub = data.subset(a.acc_n, 0)
@@ -76,15 +84,20 @@ def main() -> None:
                 purified.append(dp(xs[i:i + a.batch], generator=g))
         xp = torch.cat(purified)
         rec["purify_seconds"] = round(time.perf_counter() - t1, 1)
-        acc = {}
+        acc, correct = {}, {}
         with torch.no_grad():
             for k, c in clfs.items():
                 clean = torch.cat([c(xs[i:i + a.batch]).argmax(1) for i in range(0, xs.shape[0], a.batch)]) == ys
                 pur = torch.cat([c(xp[i:i + a.batch]).argmax(1) for i in range(0, xs.shape[0], a.batch)]) == ys
                 acc[k] = {"undefended": interval95(clean.float().tolist()), "diffpure": interval95(pur.float().tolist()),
                           "loss_points": round(100 * float(clean.float().mean() - pur.float().mean()), 1)}
+                correct[k] = {"undefended": clean.int().tolist(), "diffpure": pur.int().tolist()}
+                if other is not None:
+                    acc[k]["paired_vs_other"] = {"other": a.pair, **paired_difference(
+                        other["correct"][k]["diffpure"], correct[k]["diffpure"])}
                 print(k, json.dumps(acc[k]), flush=True)
         rec["accuracy"] = acc
+        rec["correct"] = correct
         rec["acc_n"] = a.acc_n
         rec["diffpure"] = "t*=0.1, 100 reverse-SDE steps (Euler-Maruyama), one draw per image"
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,11 @@
 # Attacked rows: diffpure ssni-n ssni-l dt (distribution transfer, scale 100) on the ResNet-56; diffpure-fastnet and
 # dt-fastnet on zoo/cifar10-fastnet; diffpure-l2 ssni-n-l2 ssni-l-l2 (t* = 0.075, l_2 0.5, same reduced strength);
 # gdmp (t = 0.036, 4 rounds of 9 guided DDPM steps, SSIM guidance, scale 100) and gnsp (the 8 default stages with 5
-# reverse steps each), both on the ResNet-56 with fewer steps than the authors' (36 per round; 470 in all) for time.
+# reverse steps each), both on the ResNet-56 with fewer steps than the authors' (36 per round; 470 in all) for time;
+# cmap: CMAP with the CPU-distilled consistency model zoo/cifar10-cm-cd-tiny (K = 4 latents, 100 latent-optimisation
+# iterations, as 30 reconstruct too little at 32x32x3: reports/cifar10/cmap/ablation; lambda 3), the majority vote over
+# the K samples (--votes 1, the paper's classifier), on the ResNet-56; its ensemble adds the consistency-disruption
+# attack (Zhang et al.); about 1,060 s per image on one process, so BATCH=4 keeps the journal's tasks short.
 # usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]
 #        experiments/cifar10/purification/run.sh corr-diffpure-r56 corr-dt-r56 corr-diffpure-fastnet ... certify-r56
 set -euo pipefail
@@ -29,7 +33,8 @@ declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ss
                  [diffpure-fastnet]="diffpure:$D" [dt]="distribution-transfer:$D" [dt-fastnet]="distribution-transfer:$D"
                  [diffpure-l2]="diffpure:$D2" [ssni-n-l2]="ssni:$D2,mode=N" [ssni-l-l2]="ssni:$D2,mode=L"
                  [gdmp]="gdmp:model=$M,t=0.036,steps=9,iterations=4,checkpoint=true"
-                 [gnsp]="gnsp:model=$M,steps=5,checkpoint=true")
+                 [gnsp]="gnsp:model=$M,steps=5,checkpoint=true"
+                 [cmap]="cmap:model=zoo/cifar10-cm-cd-tiny.safetensors,iterations=100,checkpoint=true")
 LINF="standard:eps=8/255,steps=20,eot=4,full_steps=10"
 L2="standard:eps=0.5,norm=l2,steps=20,eot=4,full_steps=10"
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(diffpure)
@@ -56,7 +61,8 @@ for row in "${rows[@]}"; do
   echo "== $row: $spec $(date +%T)"
   clf=${CLF[r56]}; [[ $row == *-fastnet ]] && clf=${CLF[fastnet]}
   attack=$LINF; [[ $row == *-l2 ]] && attack=$L2
-  eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "$clf" --defense "$spec" \
+  votes=(); [ "$row" = cmap ] && votes=(--votes 1)
+  eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "$clf" --defense "$spec" "${votes[@]}" \
     --attack "$attack" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \
     --no-sanity --out "$OUT/$row$sfx.json" --journal "runs/cifar10-purification/$row$sfx.jsonl"
 done
