@@ -33,10 +33,10 @@ def to_half(sd: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], float
             out[k] = v
             continue
         v32 = v.float()
-        if v32.numel() and v32.abs().max().item() > FP16_MAX:
-            raise ValueError(f"tensor {k!r}: |w| up to {v32.abs().max().item():.3g} is outside float16's range")
+        scale = v32.abs().max().item() if v32.numel() else 0.0
+        if scale > FP16_MAX:
+            raise ValueError(f"tensor {k!r}: |w| up to {scale:.3g} is outside float16's range")
         h = v32.half()
-        scale = v32.abs().max().item()
         if scale > 0:
             worst = max(worst, ((h.float() - v32).abs().max().item()) / scale)
         out[k] = h
@@ -58,7 +58,6 @@ def main(argv: list[str] | None = None) -> None:
                 source={"file": Path(a.src).name, "sha256": meta.get("sha256"), "created": meta.get("created"),
                         "torch_version": meta.get("torch_version")},
                 import_command=f"python benchmarks/device_import.py {a.src} {a.dst}")
-    side.setdefault("command", meta.get("command"))
     new = save_weights(half, dst, side)
     print(f"{dst}: {dst.stat().st_size / 2**20:.2f} MiB float16, max relative rounding error {err:.2e}, "
           f"sha256 {new['sha256'][:16]}")
