@@ -51,31 +51,102 @@ def test_standard_list_for_diffusion_purifiers_is_cheapest_first():
         standard_attacks(classifier=clf, defense=dp, eps=0.2, level="heavy")
 
 
-def test_fixed_sampler_purifiers_get_fewer_step_surrogates():
-    """GDMP, GNSP and distribution transfer cannot change their sampler, only their step count: the standard list
-    attacks the same process with 1 step (2x budget) and 5 steps (per round / stage), each only when cheaper."""
-    from advpure.defenses.distribution_transfer import DistributionTransfer
+def test_fixed_sampler_purifiers_get_fewer_step_and_unguided_surrogates():
+    """GDMP and distribution transfer cannot change their sampler, only their step count and their guidance: the
+    standard list attacks the same process with 1 step (2x budget), 2 and 5 steps (per round), each only when
+    cheaper, then the same process without guidance; distribution transfer adds its guidance-target attack."""
+    from advpure.defenses.distribution_transfer import DistributionTransfer, GuidanceTarget
     from advpure.defenses.gdmp import GDMP
-    from advpure.defenses.gnsp import GNSP
 
     model, _ = _gauss()
     clf = build_classifier("small-cnn").eval()
     gdmp = GDMP(model, t=0.036, iterations=2, freeze=False)  # 36 steps per round, 72 network evaluations
-    gnsp = GNSP(model, freeze=False)  # stages 30x4, 50x2, 125x2: 8 rounds
     dt = DistributionTransfer(model, clf, t=0.1, steps=4, freeze=False)  # 4 steps: a 5-step surrogate costs more
     full = ["bpda", "apgd-ce", "pgd"]
-    for d, sur in ((gdmp, ["surrogate-steps-1", "surrogate-steps-5"]), (gnsp, ["surrogate-steps-1", "surrogate-steps-5"]),
-                   (dt, ["surrogate-steps-1"])):
+    for d, sur, tail in ((gdmp, ["surrogate-steps-1", "surrogate-steps-2", "surrogate-steps-5"], []),
+                         (dt, ["surrogate-steps-1", "surrogate-steps-2"], ["dt-guidance-target"])):
         ens = standard_attacks(classifier=clf, defense=d, eps=0.2)
-        assert _names(ens) == sur + full, type(d).__name__
-        purifiers = {n: a.surrogate.defense for n, a in ens.attacks if n.startswith("surrogate")}
-        rounds = {GDMP: 2, GNSP: 8, DistributionTransfer: 1}[type(d)]
+        assert _names(ens) == sur + ["surrogate-unguided"] + full + tail, type(d).__name__
+        purifiers = {n: a.surrogate.defense for n, a in ens.attacks if n.startswith("surrogate-steps")}
+        rounds = {GDMP: 2, DistributionTransfer: 1}[type(d)]
         assert {n: p.nfe for n, p in purifiers.items()} == {n: float(int(n.rsplit("-", 1)[1]) * rounds)
                                                             for n in purifiers}
+        unguided = dict(ens.attacks)["surrogate-unguided"].surrogate.defense
+        assert unguided.scale == 0 and unguided.steps == d.steps and d.scale == 100
         assert (ens.attacks[0][1].pgd.steps, ens.attacks[0][1].pgd.eot) == (100, 16)
         assert _names(standard_attacks(classifier=clf, defense=d, eps=0.2, level="lite")) == ["surrogate-steps-1",
                                                                                                 "bpda"]
-    assert gdmp.steps == 36 and gnsp.nfe == 4 * 30 + 2 * 50 + 2 * 125  # the defenses themselves are untouched
+    target = dict(standard_attacks(classifier=clf, defense=dt, eps=0.2).attacks)["dt-guidance-target"]
+    assert isinstance(target.surrogate.defense, GuidanceTarget) and target.surrogate.classifier is clf
+    assert (target.pgd.steps, target.pgd.eot) == (100, 16)  # one classifier pass per gradient: the cheap budget
+    assert gdmp.steps == 36  # the defenses themselves are untouched
+    with pytest.raises(TypeError, match="no guidance"):
+        DiffPure(model, t=0.1, freeze=False).without_guidance()
+
+
+def test_gnsp_gets_the_diffpure_surrogate_family():
+    """GNSP's stages can run DDIM: its list is DiffPure's (one-step, DDIM-2, DDIM-5 per stage), plus its own DDPM
+    process with 5 steps per stage when that is cheaper than the defense."""
+    from advpure.defenses.gnsp import GNSP
+
+    model, _ = _gauss()
+    clf = build_classifier("small-cnn").eval()
+    gnsp = GNSP(model, freeze=False)  # stages 30x4, 50x2, 125x2: 8 stages, 470 network evaluations
+    ens = standard_attacks(classifier=clf, defense=gnsp, eps=0.2)
+    assert _names(ens) == ["surrogate-one-step", "surrogate-ddim-2", "surrogate-ddim-5", "surrogate-ddpm-5", "bpda",
+                           "apgd-ce", "pgd"]
+    sur = {n: a.surrogate.defense for n, a in ens.attacks if n.startswith("surrogate")}
+    assert {n: (p.sampler, p.nfe) for n, p in sur.items()} == {
+        "surrogate-one-step": ("ddim", 8.0), "surrogate-ddim-2": ("ddim", 16.0), "surrogate-ddim-5": ("ddim", 40.0),
+        "surrogate-ddpm-5": ("ddpm", 40.0)}
+    five = GNSP(model, steps=5, freeze=False)  # its own process at 5 steps is the defense: not a surrogate
+    assert "surrogate-ddpm-5" not in _names(standard_attacks(classifier=clf, defense=five, eps=0.2))
+    assert gnsp.nfe == 470 and gnsp.sampler == "ddpm"
+
+
+def test_gnsp_ddim_one_step_per_stage_is_tweedies_estimate_per_stage():
+    """GNSP with DDIM and one step per stage: each stage diffuses to t_k and takes x0 = clip((x_t - std eps) / alpha)
+    (Song et al. 2021, Eq. 12 with alpha_0 = 1, sigma_0 = 0), alpha from DDPM's linear betas 1e-4..0.02 written out
+    here (alpha(n/1000)^2 = prod_{i<=n} (1 - beta_i))."""
+    from advpure.defenses.gnsp import GNSP
+
+    model, _ = _gauss()
+    gnsp = GNSP(model, stages=[30, 125], freeze=False).with_sampler("ddim", 1)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = gnsp.purify(x, generator=torch.Generator().manual_seed(5))
+    betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
+    abar = torch.cumprod(1 - betas, 0)
+    g = torch.Generator().manual_seed(5)
+    z = 2 * x - 1
+    for n in (30, 125):
+        a, s = float(abar[n - 1].sqrt()), float((1 - abar[n - 1]).sqrt())
+        xt = a * z + s * torch.randn(x.shape, generator=g)
+        z = ((xt - s * model(xt, torch.full((3,), n / 1000))) / a).clamp(-1, 1)
+    torch.testing.assert_close(got, ((z + 1) / 2).clamp(0, 1), rtol=1e-5, atol=1e-5)
+    assert gnsp.nfe == 2 and gnsp.describe()["sampler"] == "ddim"
+
+
+def test_guidance_target_is_the_input_diffused_as_the_guidance_sees_it():
+    """Distribution transfer's guidance compares f(x'_t), x'_t = alpha(t) (2x - 1) + std(t) z at the reverse steps'
+    times t* (1 - k / steps), k < steps: with one step that is t* itself, alpha from DDPM's betas written out here."""
+    from advpure.defenses.distribution_transfer import DistributionTransfer
+
+    model, _ = _gauss()
+    clf = build_classifier("small-cnn").eval()
+    target = DistributionTransfer(model, clf, t=0.1, steps=1, freeze=False).guidance_target()
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    got = target(x, generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    torch.randint(1, (4,), generator=g)  # the per-image step (only one here)
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[99]
+    want = float(abar.sqrt()) * (2 * x - 1) + float((1 - abar).sqrt()) * torch.randn(x.shape, generator=g)
+    torch.testing.assert_close(got, ((want + 1) / 2).clamp(0, 1), rtol=1e-5, atol=1e-5)
+    assert target.nfe == 0 and target.stochastic
+    # with 4 steps the times are 0.1, 0.075, 0.05, 0.025 (std 0.321, 0.247, 0.170, 0.092): all four are drawn
+    t4 = DistributionTransfer(model, clf, t=0.1, steps=4, freeze=False).guidance_target()
+    out = t4(torch.full((400, 1, 8, 8), 0.5), generator=torch.Generator().manual_seed(0))
+    std = (2 * out - 1).flatten(1).std(1)  # x = 1/2, so x'_t = std(t) z
+    assert sorted(set(torch.bucketize(std, torch.tensor([0.13, 0.21, 0.284])).tolist())) == [0, 1, 2, 3]
 
 
 def test_one_step_surrogate_is_tweedies_estimate():

@@ -12,18 +12,23 @@ the best candidate does not bias the reported number.
 :func:`standard_attacks` builds the list for a defended classifier (``level="standard"``, or ``"lite"`` for the
 demo), cheapest first:
 
-- for a diffusion purifier that offers surrogates (:class:`~advpure.defenses.diffpure.DiffPure`,
-  :class:`~advpure.defenses.ssni.SSNI`): PGD-EOT on the one-step denoising surrogate (one network call, Lee &
-  Kim 2023) and on the deterministic DDIM reverse process with 2 steps (these two with ``CHEAP_FACTOR`` times the
-  steps and EOT), then on DDIM with 5 steps and on the same SDE with 5 steps;
-- for a diffusion purifier whose sampler is fixed but whose number of reverse steps can change (GDMP, GNSP,
-  distribution transfer: :attr:`~advpure.defenses.base.Purifier.steps_arg`): PGD-EOT on the same process with one
-  reverse step (per round or stage; ``CHEAP_FACTOR`` times the budget) and with 5, each only if it costs fewer
-  network evaluations than the defense;
+- for a diffusion purifier whose reverse process can change (:attr:`~advpure.defenses.base.Purifier.sampler_arg`:
+  :class:`~advpure.defenses.diffpure.DiffPure`, :class:`~advpure.defenses.ssni.SSNI`,
+  :class:`~advpure.defenses.gnsp.GNSP`): PGD-EOT on the one-step denoising surrogate (one network call per stage,
+  Lee & Kim 2023) and on the deterministic DDIM reverse process with 2 steps (these two with ``CHEAP_FACTOR`` times
+  the steps and EOT), then on DDIM with 5 steps and on the defense's own process with 5 steps (the latter only if it
+  costs fewer network evaluations than the defense);
+- for a diffusion purifier whose sampler is fixed but whose number of reverse steps can change (GDMP, distribution
+  transfer: :attr:`~advpure.defenses.base.Purifier.steps_arg`): PGD-EOT on the same process with one reverse step
+  (per round; ``CHEAP_FACTOR`` times the budget), with 2 and with 5, each only if it costs fewer network
+  evaluations than the defense;
+- for a guided purifier (:attr:`~advpure.defenses.base.Purifier.guidance_arg`: GDMP, distribution transfer): PGD-EOT
+  on the same process without its guidance (no second derivative through the guidance term);
 - BPDA-EOT (real forward, identity backward; Athalye et al. 2018);
 - APGD-CE-EOT and PGD-EOT with full gradients through the defense (checkpointed);
 - the method-specific attacks when the defense has them (CMAP: the consistency-disruption attack; DAD: the
-  authors' adaptive attack and the detector-aware attack), :func:`method_specific_attacks`.
+  authors' adaptive attack and the detector-aware attack; distribution transfer: the guidance-target attack),
+  :func:`method_specific_attacks`.
 
 The report lists, per image, which attack broke it (``last_broken_by``).
 """
@@ -211,20 +216,26 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
     cheap = 1 if lite else CHEAP_FACTOR
     surrogates: list[tuple[str, nn.Module, int]] = []
     if getattr(defense, "sampler_arg", None) is not None:
-        # a purifier whose reverse process can change (Purifier.sampler_arg: DiffPure, SSNI)
+        # a purifier whose reverse process can change (Purifier.sampler_arg: DiffPure, SSNI, GNSP)
         surrogates = [("surrogate-one-step", defense.with_sampler("ddim", 1), cheap)]
         if not lite:
             surrogates += [("surrogate-ddim-2", defense.with_sampler("ddim", 2), cheap),
-                           ("surrogate-ddim-5", defense.with_sampler("ddim", 5), 1),
-                           ("surrogate-sde-5", defense.with_steps(5), 1)]
+                           ("surrogate-ddim-5", defense.with_sampler("ddim", 5), 1)]
+            own = defense.with_steps(5)
+            if float(own.nfe) < float(defense.nfe):
+                surrogates.append((f"surrogate-{_sampler_name(defense)}-5", own, 1))
     elif getattr(defense, "steps_arg", None) is not None:
-        # a purifier whose sampler is fixed but whose step count can change (GDMP, GNSP, distribution transfer):
-        # the same process (noise levels, guidance) with 1 and with 5 reverse steps (per round or stage), each only
-        # when it is cheaper than the defense itself
-        for n_sur, f in [(1, cheap)] + ([] if lite else [(5, 1)]):
+        # a purifier whose sampler is fixed but whose step count can change (GDMP, distribution transfer): the same
+        # process (noise levels, guidance) with 1, 2 and 5 reverse steps (per round), each only when it is cheaper
+        # than the defense itself
+        for n_sur, f in [(1, cheap)] + ([] if lite else [(2, 1), (5, 1)]):
             sur = defense.with_steps(n_sur)
             if float(sur.nfe) < float(defense.nfe):
                 surrogates.append((f"surrogate-steps-{n_sur}", sur, f))
+    if not lite and getattr(defense, "guidance_arg", None) is not None:
+        # the same process without its guidance: the guidance's gradient is a second derivative (of SSIM, of the
+        # classifier), noisy and costly; its surrogate keeps everything else of the process
+        surrogates.append(("surrogate-unguided", defense.without_guidance(), 1))
     for name, sur, f in surrogates:
         sur_model = DefendedClassifier(classifier, sur).eval()
         attacks.append((name, SurrogateProcess(surrogate=sur_model, **pgd(steps * f, eot * f))))
@@ -236,16 +247,22 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
                                         grad_checkpoint=ck)))
         attacks.append(("pgd", PGD(**pgd(full_steps, full_eot), grad_checkpoint=ck)))
     if not lite:
-        attacks += method_specific_attacks(defense, eps=eps, norm=norm, steps=steps)
+        attacks += method_specific_attacks(defense, classifier=classifier, eps=eps, norm=norm, steps=steps, eot=eot)
     return Ensemble(attacks, select_draws=select_draws, label=f"{level}")
 
 
-def method_specific_attacks(defense: nn.Module | None, *, eps: float, norm: str, steps: int) -> list[tuple[str, Attack]]:
+def method_specific_attacks(defense: nn.Module | None, *, classifier: nn.Module, eps: float, norm: str, steps: int,
+                            eot: int) -> list[tuple[str, Attack]]:
     """The attacks designed against one method: CMAP's consistency-disruption attack (Zhang et al.); for DAD the
     authors' adaptive attack (CE + MMD through the denoiser) and the detector-aware attack that stays under the
-    detection threshold."""
+    detection threshold; for distribution transfer the guidance-target attack (PGD-EOT on the classifier at the
+    input diffused as the guidance sees it, :class:`~advpure.defenses.distribution_transfer.GuidanceTarget`; its
+    gradient costs one classifier pass, so it gets ``CHEAP_FACTOR`` times ``steps`` and ``eot``, as the cheap
+    surrogates do)."""
+    from ..defenses.base import DefendedClassifier
     from ..defenses.cmap import CMAP
     from ..defenses.dad import DAD
+    from ..defenses.distribution_transfer import DistributionTransfer
 
     if isinstance(defense, CMAP) and norm == "linf":
         from .cmap_attack import ConsistencyDisruption
@@ -256,7 +273,23 @@ def method_specific_attacks(defense: nn.Module | None, *, eps: float, norm: str,
 
         return [("dad-adaptive", DADPathPGD(eps=eps, norm=norm, steps=steps, mmd_weight=1.0)),
                 ("detector-aware", DetectorAwarePGD(eps=eps, norm=norm, steps=steps))]
+    if isinstance(defense, DistributionTransfer):
+        from .surrogate import SurrogateProcess
+
+        target = DefendedClassifier(classifier, defense.guidance_target()).eval()
+        n = steps * CHEAP_FACTOR
+        return [("dt-guidance-target", SurrogateProcess(surrogate=target, norm=norm, eps=eps, steps=n,
+                                                        step_size=2.5 * eps / n, eot=eot * CHEAP_FACTOR))]
     return []
+
+
+def _sampler_name(defense: nn.Module) -> str:
+    """The name of the reverse process ``defense`` runs (its :attr:`sampler_arg`, through a wrapped ``base``)."""
+    for obj in (defense, getattr(defense, "base", None)):
+        name = getattr(obj, "sampler", None)
+        if isinstance(name, str):
+            return name
+    return "own"
 
 
 def _is_identity(defense: nn.Module) -> bool:

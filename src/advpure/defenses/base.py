@@ -11,8 +11,8 @@ classifier; they may also look at ``.classifier`` and ``.defense`` (BPDA needs b
 
 Every purifier records the arguments it was constructed with: :meth:`Purifier.replace` rebuilds it with some of them
 changed (sharing its networks), and the cheaper surrogate processes of attacks, :meth:`Purifier.with_steps` and
-:meth:`Purifier.with_sampler`, are :meth:`~Purifier.replace` on the arguments a purifier names in
-:attr:`~Purifier.steps_arg` and :attr:`~Purifier.sampler_arg`.
+:meth:`Purifier.with_sampler` and :meth:`Purifier.without_guidance`, are :meth:`~Purifier.replace` on the arguments
+a purifier names in :attr:`~Purifier.steps_arg`, :attr:`~Purifier.sampler_arg` and :attr:`~Purifier.guidance_arg`.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class Purifier(nn.Module, abc.ABC):
     steps_arg: str | None = None
     #: the constructor argument :meth:`with_sampler` changes (the reverse process); None: no such argument
     sampler_arg: str | None = None
+    #: the constructor argument that scales a guidance term of the reverse process (0 switches it off), which
+    #: :meth:`without_guidance` sets to 0; None: no guidance
+    guidance_arg: str | None = None
     #: state set after construction (a calibration) that :meth:`replace` carries over to the copy: attribute ->
     #: the constructor arguments it depends on (changing any of them drops it)
     _carried: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -148,6 +151,14 @@ class Purifier(nn.Module, abc.ABC):
         if self.sampler_arg is None or self.steps_arg is None:
             raise TypeError(f"{type(self).__name__} has no reverse process to change (sampler_arg is None)")
         return self.replace(**{self.sampler_arg: sampler, self.steps_arg: steps})
+
+    def without_guidance(self) -> "Purifier":
+        """A copy sharing the networks that runs the same reverse process with its guidance switched off (the
+        unguided surrogate process: its gradient needs no second derivative through the guidance term):
+        :meth:`replace` with :attr:`guidance_arg` = 0."""
+        if self.guidance_arg is None:
+            raise TypeError(f"{type(self).__name__} has no guidance to switch off (guidance_arg is None)")
+        return self.replace(**{self.guidance_arg: 0.0})
 
     def forward(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.purify(x, generator=generator)

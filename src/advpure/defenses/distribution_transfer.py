@@ -66,10 +66,13 @@ class DistributionTransfer(DiffusionPurifier):
         phi: weight of the SSIM dissimilarity (default 1).
         output: ``"logits"`` (default) or ``"probs"`` for f.
 
-    ``with_steps(n)`` changes ``steps`` (surrogate process); the classifier is shared, never copied.
+    ``with_steps(n)`` changes ``steps`` and ``without_guidance()`` sets ``scale`` to 0 (surrogate processes);
+    :meth:`guidance_target` is what the guidance makes the sample imitate (the guidance-target attack's surrogate).
+    The classifier is shared, never copied.
     """
 
     steps_arg = "steps"
+    guidance_arg = "scale"
 
     def __init__(self, eps_model: nn.Module, classifier: nn.Module, *, t: float = 0.1, steps: int | None = None,
                  scale: float = 100.0, phi: float = 1.0, output: str = "logits", schedule=None,
@@ -108,6 +111,11 @@ class DistributionTransfer(DiffusionPurifier):
                 g = torch.autograd.grad(dist(xt), xt)[0]
         return -self.scale * g
 
+    def guidance_target(self) -> "GuidanceTarget":
+        """The input diffused as the guidance sees it (:class:`GuidanceTarget`), sharing the network."""
+        return GuidanceTarget(self.eps_model, t=self.t, steps=self.steps, schedule=self.schedule,
+                              image_shape=self.image_shape)
+
     def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
         x_ref_0 = self.to_model_space(x)
         z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -125,6 +133,35 @@ class DistributionTransfer(DiffusionPurifier):
     def describe(self) -> dict:
         return {**super().describe(), "t": self.t, "steps": self.steps, "scale": self.scale, "phi": self.phi,
                 "output": self.output, "classifier_passes_per_image": 2 * self.steps if self.scale > 0 else 0}
+
+
+class GuidanceTarget(DiffusionPurifier):
+    """The reference the guidance of :class:`DistributionTransfer` pulls towards: the input diffused to one of the
+    guided steps' times, ``x'_t = alpha(t) x' + std(t) z`` (t drawn per image, uniformly among the ``steps`` times
+    t*, t* (1 - 1/steps), ..., t*/steps at which the guidance is evaluated; z fresh), as the image in [0, 1] the
+    guidance's classifier sees (clamped).
+
+    Not a defense: ``classifier(GuidanceTarget(x))`` is the surrogate of the guidance-target attack. The guidance
+    makes the purified sample's logits match ``f(x'_t)``, so an input whose diffused versions the classifier gets
+    wrong pulls every guided step toward the wrong class; the attack's gradient needs the classifier only.
+    """
+
+    def __init__(self, eps_model: nn.Module, *, t: float, steps: int, schedule=None,
+                 image_shape: tuple[int, int, int] | None = None) -> None:
+        super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape)
+        self.t = check_time(t)
+        self.steps = ddpm_steps(steps, self.t)
+
+    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        x0 = self.to_model_space(x)
+        times = torch.tensor(ddpm_timesteps(self.t, self.steps)[:-1], device=x.device, dtype=x.dtype)
+        t = times[torch.randint(len(times), (x.shape[0],), generator=generator, device=x.device)]
+        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        xt = per_sample(self.schedule.alpha(t), x, cast=True) * x0 + per_sample(self.schedule.std(t), x, cast=True) * z
+        return self.to_image_space(xt)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "t": self.t, "steps": self.steps}
 
 
 @register("defense", "distribution-transfer")

@@ -65,10 +65,11 @@ class GDMP(DiffusionPurifier):
         scale: guidance scale (default 100, see the module docstring); 0 disables guidance.
         schedule: default the discrete DDPM schedule (linear betas 1e-4..0.02, 1000 steps).
 
-    ``with_steps(n)`` changes ``steps`` (surrogate process).
+    ``with_steps(n)`` changes ``steps`` and ``without_guidance()`` sets ``scale`` to 0 (surrogate processes).
     """
 
     steps_arg = "steps"
+    guidance_arg = "scale"
 
     def __init__(self, eps_model: nn.Module, *, t: float = 0.036, steps: int | None = None, iterations: int = 4,
                  guide: str = "ssim", scale: float = 100.0, schedule=None,

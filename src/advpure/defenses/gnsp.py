@@ -9,6 +9,11 @@ left. The paper pairs it with an ensemble of purification runs and majority voti
 
 Default stages (in DDPM steps of 1000): 30, 30, 30, 30, 50, 50, 125, 125, each denoised with the full
 discrete chain (one network call per step): nfe = 470 per image.
+
+``sampler="ddim"`` runs each stage's reverse process as deterministic DDIM (eta = 0) instead; with one step per stage
+that is the one-step denoising estimate of each stage. It is a cheaper, deterministic *surrogate process* for attacks
+(:meth:`~advpure.defenses.base.Purifier.with_sampler`, the surrogate family Lee & Kim use against DiffPure), not the
+defense.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde
+from ..diffusion.samplers import ddim, ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde
 from ..diffusion.schedule import DiscreteSchedule
 from ..specs import SpecContext, register
 from .diffusion_base import DiffusionPurifier, resolve_denoiser
 
 DEFAULT_STAGES = (30, 30, 30, 30, 50, 50, 125, 125)
-SAMPLERS = ("ddpm", "sde")
+SAMPLERS = ("ddpm", "sde", "ddim")
 
 
 def _parse_stages(stages: Sequence) -> list[tuple[float, int]]:
@@ -68,11 +73,13 @@ class GNSP(DiffusionPurifier):
         stages: list of (t, steps) or DDPM step counts (see :func:`_parse_stages`); default 30x4, 50x2, 125x2.
         steps: reverse steps per stage, one int for all stages or one per stage (default: each stage's own);
             ``with_steps(n)`` changes it (the surrogate process of cheaper attacks: same noise levels, fewer steps).
-        sampler: ``"ddpm"`` (ancestral, default) or ``"sde"`` (Euler–Maruyama reverse SDE).
+        sampler: ``"ddpm"`` (ancestral, default), ``"sde"`` (Euler–Maruyama reverse SDE) or ``"ddim"``
+            (deterministic per stage; a surrogate process, see the module docstring); ``with_sampler`` changes it.
         schedule: default the discrete DDPM schedule.
     """
 
     steps_arg = "steps"
+    sampler_arg = "sampler"
 
     def __init__(self, eps_model: nn.Module, *, stages: Sequence = DEFAULT_STAGES,
                  steps: int | Sequence[int] | None = None, sampler: str = "ddpm", schedule=None,
@@ -98,6 +105,9 @@ class GNSP(DiffusionPurifier):
             if self.sampler == "ddpm":
                 z = ddpm_ancestral(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t, n),
                                    generator=generator, checkpoint=self.grad_checkpoint, clip_x0=True)
+            elif self.sampler == "ddim":
+                z = ddim(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t, n),
+                         checkpoint=self.grad_checkpoint, clip_x0=True)
             else:
                 z = reverse_sde(self.eps_model, xt, schedule=self.schedule, t_start=t, n_steps=n,
                                 generator=generator, checkpoint=self.grad_checkpoint)
@@ -110,7 +120,7 @@ class GNSP(DiffusionPurifier):
 @register("defense", "gnsp")
 def _gnsp(ctx: SpecContext, model: str | os.PathLike | None = None, stages: Sequence | int | None = None,
           sampler: str = "ddpm", steps: int | None = None, checkpoint: bool = False) -> GNSP:
-    """``gnsp:model=PATH,stages=30|30|30|30|50|50|125|125,sampler=ddpm,steps=N`` (stages in DDPM steps of 1000;
+    """``gnsp:model=PATH,stages=30|30|30|30|50|50|125|125,sampler=ddpm|sde|ddim,steps=N`` (stages in DDPM steps of 1000;
     ``steps`` sets reverse steps per stage)."""
     st = list(DEFAULT_STAGES) if stages is None else ([stages] if isinstance(stages, (int, float)) else stages)
     parsed = _parse_stages(st)
