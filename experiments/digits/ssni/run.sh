@@ -19,7 +19,9 @@
 # Reported runs: experiments/digits/ssni/run.sh diffpure ssni-l-nosanity; PROCS=2 BATCH=16
 #   experiments/digits/ssni/run.sh diffpure-strong ssni-n-strong (the standard ensemble with the DDIM-2 surrogate);
 #   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2 ssni-n-x2; SEEDS=0 PROCS=2 BATCH=16
-#   experiments/digits/ssni/run.sh gdmp-strong gnsp-strong gnsp-x2 diffpure-t125-strong
+#   experiments/digits/ssni/run.sh gdmp-strong gnsp-strong gnsp-x2 diffpure-t125-strong; gnsp-strong rerun on
+#   2026-11-30 when GNSP got DiffPure's surrogate family (its earlier output, the 1-step surrogate only, is kept as
+#   gnsp-strong-list1-seeds0; it and gdmp-strong and gnsp-x2 were run with the lists of commit c6230ca)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
