@@ -148,7 +148,8 @@ class GuidanceTarget(DiffusionPurifier):
 
     def __init__(self, eps_model: nn.Module, *, t: float, steps: int, schedule=None,
                  image_shape: tuple[int, int, int] | None = None) -> None:
-        super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape)
+        # the network is only shared (image shape, device), never called: its mode and gradients are left alone
+        super().__init__(eps_model, schedule=schedule or DiscreteSchedule(), image_shape=image_shape, freeze=False)
         self.t = check_time(t)
         self.steps = ddpm_steps(steps, self.t)
 
