@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_positive
-from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps
+from ..diffusion.samplers import ddpm_ancestral, ddpm_timesteps, diffuse
 from ..diffusion.schedule import DiscreteSchedule
 from ..ops.broadcast import per_sample
 from ..ops.ssim import ssim
@@ -157,9 +157,7 @@ class GuidanceTarget(DiffusionPurifier):
         x0 = self.to_model_space(x)
         times = torch.tensor(ddpm_timesteps(self.t, self.steps)[:-1], device=x.device, dtype=x.dtype)
         t = times[torch.randint(len(times), (x.shape[0],), generator=generator, device=x.device)]
-        z = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        xt = per_sample(self.schedule.alpha(t), x, cast=True) * x0 + per_sample(self.schedule.std(t), x, cast=True) * z
-        return self.to_image_space(xt)
+        return self.to_image_space(diffuse(x0, t, self.schedule, generator))
 
     def describe(self) -> dict:
         return {**super().describe(), "t": self.t, "steps": self.steps}
