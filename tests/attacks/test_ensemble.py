@@ -86,7 +86,8 @@ def test_fixed_sampler_purifiers_get_fewer_step_and_unguided_surrogates():
 
 def test_gnsp_gets_the_diffpure_surrogate_family():
     """GNSP's stages can run DDIM: its list is DiffPure's (one-step, DDIM-2, DDIM-5 per stage), plus its own DDPM
-    process with 5 steps per stage when that is cheaper than the defense."""
+    process with 5 steps per stage when that is cheaper than the defense, and last the deviated-reconstruction attack
+    built for its stages (full gradients: the full-gradient budget, half the EOT)."""
     from advpure.defenses.gnsp import GNSP
 
     model, _ = _gauss()
@@ -94,7 +95,10 @@ def test_gnsp_gets_the_diffpure_surrogate_family():
     gnsp = GNSP(model, freeze=False)  # stages 30x4, 50x2, 125x2: 8 stages, 470 network evaluations
     ens = standard_attacks(classifier=clf, defense=gnsp, eps=0.2)
     assert _names(ens) == ["surrogate-one-step", "surrogate-ddim-2", "surrogate-ddim-5", "surrogate-ddpm-5", "bpda",
-                           "apgd-ce", "pgd"]
+                           "apgd-ce", "pgd", "diffattack"]
+    dev = dict(ens.attacks)["diffattack"]
+    assert (dev.steps, dev.eot, dev.grad_checkpoint) == (20, 4, True)
+    assert "diffattack" not in _names(standard_attacks(classifier=clf, defense=gnsp, eps=0.2, level="lite"))
     sur = {n: a.surrogate.defense for n, a in ens.attacks if n.startswith("surrogate")}
     assert {n: (p.sampler, p.nfe) for n, p in sur.items()} == {
         "surrogate-one-step": ("ddim", 8.0), "surrogate-ddim-2": ("ddim", 16.0), "surrogate-ddim-5": ("ddim", 40.0),

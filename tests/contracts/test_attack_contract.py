@@ -3,7 +3,7 @@
 Every spec name registered with ``@register("attack", NAME)`` must have an entry in :data:`CASES`, else
 :func:`test_every_registered_attack_has_a_case` fails and names it. An entry maps the *targets* the attack applies
 to (:data:`TARGETS`: the plain digits classifier, a stochastic DiffPure-defended classifier, deterministic and
-stochastic DAD-defended classifiers, a CMAP-defended classifier) to a small spec string, built through the registry
+stochastic DAD-defended classifiers, a CMAP-defended classifier, a two-stage GNSP) to a small spec string, built through the registry
 with the context the evaluation runner gives (classifier, dataset, image shape, ``extra["defense"]``,
 ``extra["surrogate_model"]``, ``extra["surrogate_classifier"]``). Each attack needs at least one deterministic
 target unless it is listed in :data:`STOCHASTIC_ONLY` (attacks on a defense that is random by construction).
@@ -45,6 +45,7 @@ TARGETS: dict[str, str | None] = {
     "dad-det": f"dad:{_DAD},mode=sample,calib=50,fpr=0.5,noise_std=0",  # deterministic gate
     "dad": f"dad:{_DAD},noise_std=0.25",                                 # stochastic (permutation test, noise)
     "cmap": "cmap:k=2,iterations=2",                                     # stochastic
+    "gnsp": "gnsp:stages=30|60,steps=2",                                 # stochastic (two stages)
 }
 #: the eps the cases use, per norm (digits are 8x8: larger budgets than CIFAR-10's so that attacks bite)
 EPS_LINF, EPS_L2 = 0.2, 1.5
@@ -77,9 +78,10 @@ CASES: dict[str, dict[str, str]] = {
     "detector-aware": {"dad-det": f"detector-aware:eps={EPS_LINF},steps=3,seed=0",
                        "dad": f"detector-aware:eps={EPS_LINF},steps=2,seed=0"},
     "cmap-disruption": {"cmap": f"cmap-disruption:eps={EPS_LINF},steps=2,seed=0"},
+    "diffattack": {"gnsp": f"diffattack:eps={EPS_LINF},steps=2,eot=2,seed=0"},
 }
 #: attacks designed against a defense that is stochastic by construction (no deterministic target exists)
-STOCHASTIC_ONLY = {"cmap-disruption"}
+STOCHASTIC_ONLY = {"cmap-disruption", "diffattack"}
 #: attacks that by design never query the attacked model beyond validating the call
 NO_TARGET_QUERIES = {"transfer"}
 #: attacks that only apply when an optional package is installed: name -> package (importorskip'd per case)

@@ -6,6 +6,9 @@
 # usage: experiments/cifar10/purification-model/run.sh train [STEPS]   # (re)starts or resumes the training run
 #        experiments/cifar10/purification-model/run.sh export STEP      # EMA weights of the state at STEP, then study
 #        experiments/cifar10/purification-model/run.sh baseline         # the same study on zoo/cifar10-ddpm-tiny-t0.2
+#        experiments/cifar10/purification-model/run.sh sweep            # where the clean accuracy goes: zoo/cifar10-purify-t0.2
+#            at t* = 0.025/0.05/0.075 (reverse SDE, dt 1e-3) and DDIM from t* = 0.1 (100, 10, 1 steps), each paired
+#            with the same images and noise at DiffPure's default (reports/.../paired-zoo-purify-t0.2.json); sweep/*.json
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 D=../shared/data/cifar10-jpeg.tar.gz
@@ -28,5 +31,13 @@ case ${1:-} in
   baseline)
     .venv/bin/python experiments/cifar10/purification-model/study.py --model zoo/cifar10-ddpm-tiny-t0.2.safetensors \
       --out "$OUT/cifar10-ddpm-tiny-t0.2.json" "${acc[@]}" ;;
-  *) echo "usage: $0 train [STEPS] | export STEP | baseline" >&2; exit 2 ;;
+  sweep)
+    M=zoo/cifar10-purify-t0.2.safetensors; ref=$OUT/paired-zoo-purify-t0.2.json; mkdir -p "$OUT/sweep"
+    [ -f "$ref" ] || .venv/bin/python experiments/cifar10/purification-model/study.py --model $M --skip-mse --out "$ref"
+    for cfg in "sde 0.025 25" "sde 0.05 50" "sde 0.075 75" "ddim 0.1 100" "ddim 0.1 10" "ddim 0.1 1"; do
+      set -- $cfg; f="$OUT/sweep/$1-t$2-n$3.json"
+      [ -f "$f" ] || .venv/bin/python experiments/cifar10/purification-model/study.py --model $M --skip-mse \
+        --sampler "$1" --t-star "$2" --steps "$3" --pair "$ref" --out "$f"
+    done ;;
+  *) echo "usage: $0 train [STEPS] | export STEP | baseline | sweep" >&2; exit 2 ;;
 esac

@@ -11,6 +11,8 @@ Spec names for the command line (``--attack NAME:key=value,...``):
 - ``surrogate`` (:class:`SurrogateProcess`; the surrogate defense comes from ``--surrogate-defense``);
 - ``transfer`` (:class:`Transfer`; the surrogate classifier comes from ``--surrogate-classifier``);
 - ``square`` (:class:`Square`, linf black-box), ``cw`` (:class:`CWL2`);
+- ``diffattack`` (:class:`DeviatedReconstruction`: CE plus DiffAttack's deviated-reconstruction loss at the stage
+  outputs of a multi-stage purifier, GNSP);
 - ``standard`` / ``lite`` (:class:`Ensemble` from :func:`standard_attacks`: worst case per image over the attack
   list for the defense being evaluated, cheapest first).
 
@@ -29,6 +31,7 @@ from .bpda import BPDA, BPDAModel
 from .cmap_attack import ConsistencyDisruption
 from .cw import CWL2
 from .detector_aware import DADPathPGD, DetectorAwarePGD
+from .diffattack import DeviatedReconstruction
 from .ensemble import Ensemble, standard_attacks
 from .pgd import PGD
 from .square import Square
@@ -134,6 +137,6 @@ def _detector_aware(ctx: SpecContext, **p: Any) -> DetectorAwarePGD:
 
 
 __all__ = ["APGD", "APGDT", "Attack", "BPDA", "BPDAModel", "CWL2", "ConsistencyDisruption", "DADPathPGD", "DetectorAwarePGD",
-           "Ensemble", "PGD", "standard_attacks", "Square", "SurrogateProcess", "Transfer",
+           "DeviatedReconstruction", "Ensemble", "PGD", "standard_attacks", "Square", "SurrogateProcess", "Transfer",
            "checkpointed_loop", "dlr_loss", "dlr_targeted_loss", "is_stochastic", "margin_loss",
            "perturbation_norm", "project"]

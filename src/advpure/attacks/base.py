@@ -412,6 +412,20 @@ class Attack(abc.ABC):
         return grad / eot, loss_sum / eot, logit_sum / eot
 
 
+class PathAttack(Attack):
+    """An attack that runs the defense's parts (DAD's denoiser, GNSP's stages, the classifier) instead of
+    ``model.forward``, which :meth:`Attack.__call__` counts: the images its ``_run`` passes through the classifier
+    (``_path_images``) are added to ``last_stats.forwards_per_image``."""
+
+    _path_images = 0
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self._path_images = 0
+        x_adv = super().__call__(model, x, y)
+        self.last_stats.forwards_per_image += self._path_images / x.shape[0]
+        return x_adv
+
+
 class FirstSuccess:
     """Keeps, per sample, the first iterate at which the model misclassified it (early stopping)."""
 
@@ -433,7 +447,7 @@ def check_step_size(step_size: float | None) -> float | None:
     return None if step_size is None else check_positive(step_size, "step_size")
 
 
-__all__ = ["Attack", "AttackStats", "DEFAULT_EPS", "FirstSuccess", "NORMS", "THREAT_MODEL_TOLERANCE", "check_eps",
-           "check_norm", "count_forwards", "dlr_loss", "dlr_targeted_loss", "enforce_threat_model", "eval_mode",
-           "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss", "perturbation_norm", "project",
+__all__ = ["Attack", "AttackStats", "DEFAULT_EPS", "FirstSuccess", "NORMS", "PathAttack", "THREAT_MODEL_TOLERANCE",
+           "check_eps", "check_norm", "count_forwards", "dlr_loss", "dlr_targeted_loss", "enforce_threat_model",
+           "eval_mode", "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss", "perturbation_norm", "project",
            "random_start"]

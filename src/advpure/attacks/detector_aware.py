@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
 from ..data import DEFAULT_LINF_EPS
-from .base import Attack, FirstSuccess, check_step_size, project, random_start
+from .base import FirstSuccess, PathAttack, check_step_size, project, random_start
 
 
 # --------------------------------------------------------------------------- detector statistics
@@ -144,22 +144,8 @@ def _dad_parts(model: nn.Module):
     return defense, clf
 
 
-class _PathAttack(Attack):
-    """An attack that runs the defense's parts (DAD's denoiser, the classifier) instead of ``model.forward``, which
-    :meth:`Attack.__call__` counts: the images its ``_run`` passes through the classifier (``_path_images``) are
-    added to ``last_stats.forwards_per_image``."""
-
-    _path_images = 0
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        self._path_images = 0
-        x_adv = super().__call__(model, x, y)
-        self.last_stats.forwards_per_image += self._path_images / x.shape[0]
-        return x_adv
-
-
 # --------------------------------------------------------------------------- (a) and (c): the denoiser path
-class DADPathPGD(_PathAttack):
+class DADPathPGD(PathAttack):
     """linf/l2 PGD on CE(f(g(x + n)), y) + mmd_weight * MMD^2_u(x, R) through DAD's denoiser, EOT over n.
 
     ``mmd_weight=1`` is the DAD authors' adaptive attack (CE + MMD), ``0`` the plain full-gradient attack
@@ -215,7 +201,7 @@ class DADPathPGD(_PathAttack):
 
 
 # --------------------------------------------------------------------------- (b) stay undetected
-class DetectorAwarePGD(_PathAttack):
+class DetectorAwarePGD(PathAttack):
     """Maximise the classifier's loss on the undetected path under the constraint S(x) <= margin * T(x).
 
     Options: ``steps`` (100), ``step_size`` (2.5 eps / steps), ``margin`` (0.5: stay well below the threshold,

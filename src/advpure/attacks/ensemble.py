@@ -27,7 +27,8 @@ demo), cheapest first:
 - BPDA-EOT (real forward, identity backward; Athalye et al. 2018);
 - APGD-CE-EOT and PGD-EOT with full gradients through the defense (checkpointed);
 - the method-specific attacks when the defense has them (CMAP: the consistency-disruption attack; DAD: the
-  authors' adaptive attack and the detector-aware attack; distribution transfer: the guidance-target attack),
+  authors' adaptive attack and the detector-aware attack; distribution transfer: the guidance-target attack; GNSP:
+  the deviated-reconstruction attack after DiffAttack),
   :func:`method_specific_attacks`.
 
 The report lists, per image, which attack broke it (``last_broken_by``).
@@ -247,22 +248,26 @@ def standard_attacks(*, classifier: nn.Module, defense: nn.Module | None, eps: f
                                         grad_checkpoint=ck)))
         attacks.append(("pgd", PGD(**pgd(full_steps, full_eot), grad_checkpoint=ck)))
     if not lite:
-        attacks += method_specific_attacks(defense, classifier=classifier, eps=eps, norm=norm, steps=steps, eot=eot)
+        attacks += method_specific_attacks(defense, classifier=classifier, eps=eps, norm=norm, steps=steps, eot=eot,
+                                           full_steps=full_steps)
     return Ensemble(attacks, select_draws=select_draws, label=f"{level}")
 
 
 def method_specific_attacks(defense: nn.Module | None, *, classifier: nn.Module, eps: float, norm: str, steps: int,
-                            eot: int) -> list[tuple[str, Attack]]:
+                            eot: int, full_steps: int | None = None) -> list[tuple[str, Attack]]:
     """The attacks designed against one method: CMAP's consistency-disruption attack (Zhang et al.); for DAD the
     authors' adaptive attack (CE + MMD through the denoiser) and the detector-aware attack that stays under the
     detection threshold; for distribution transfer the guidance-target attack (PGD-EOT on the classifier at the
     input diffused as the guidance sees it, :class:`~advpure.defenses.distribution_transfer.GuidanceTarget`; its
     gradient costs one classifier pass, so it gets ``CHEAP_FACTOR`` times ``steps`` and ``eot``, as the cheap
-    surrogates do)."""
+    surrogates do); for GNSP the deviated-reconstruction attack (CE plus DiffAttack's loss at every stage's output,
+    :mod:`advpure.attacks.diffattack`; full gradients, so the full-gradient attacks' ``full_steps`` and half the
+    EOT)."""
     from ..defenses.base import DefendedClassifier
     from ..defenses.cmap import CMAP
     from ..defenses.dad import DAD
     from ..defenses.distribution_transfer import DistributionTransfer
+    from ..defenses.gnsp import GNSP
 
     if isinstance(defense, CMAP) and norm == "linf":
         from .cmap_attack import ConsistencyDisruption
@@ -273,6 +278,13 @@ def method_specific_attacks(defense: nn.Module | None, *, classifier: nn.Module,
 
         return [("dad-adaptive", DADPathPGD(eps=eps, norm=norm, steps=steps, mmd_weight=1.0)),
                 ("detector-aware", DetectorAwarePGD(eps=eps, norm=norm, steps=steps))]
+    if isinstance(defense, GNSP):
+        from .diffattack import DeviatedReconstruction
+
+        # a full-gradient attack (every stage, checkpointed): the full-gradient attacks' budget
+        full_steps = steps if full_steps is None else full_steps
+        return [("diffattack", DeviatedReconstruction(eps=eps, norm=norm, steps=full_steps,
+                                                      step_size=2.5 * eps / full_steps, eot=max(1, eot // 2)))]
     if isinstance(defense, DistributionTransfer):
         from .surrogate import SurrogateProcess
 

@@ -99,7 +99,14 @@ class GNSP(DiffusionPurifier):
         return float(sum(n for _, n in self.stages))
 
     def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.to_image_space(self.purify_stages(x, generator=generator)[-1])
+
+    def purify_stages(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Every stage's output in model space [-1, 1] (differentiable; the last one, mapped to [0, 1], is
+        :meth:`purify`'s result, with the same random draws): the intermediate reconstructions that the
+        deviated-reconstruction attack (:mod:`advpure.attacks.diffattack`) pushes away from the clean image."""
         z = self.to_model_space(x)
+        outs: list[torch.Tensor] = []
         for t, n in self.stages:
             xt = diffuse(z, t, self.schedule, generator)
             if self.sampler == "ddpm":
@@ -111,7 +118,8 @@ class GNSP(DiffusionPurifier):
             else:
                 z = reverse_sde(self.eps_model, xt, schedule=self.schedule, t_start=t, n_steps=n,
                                 generator=generator, checkpoint=self.grad_checkpoint)
-        return self.to_image_space(z)
+            outs.append(z)
+        return outs
 
     def describe(self) -> dict:
         return {**super().describe(), "stages": [[t, n] for t, n in self.stages], "sampler": self.sampler}
