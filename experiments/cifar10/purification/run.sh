@@ -18,6 +18,9 @@
 # iterations, as 30 reconstruct too little at 32x32x3: reports/cifar10/cmap/ablation; lambda 3), the majority vote over
 # the K samples (--votes 1, the paper's classifier), on the ResNet-56; its ensemble adds the consistency-disruption
 # attack (Zhang et al.); about 1,060 s per image on one process, so BATCH=4 keeps the journal's tasks short.
+# diffpure-x2: the convergence check of the diffpure row, every member with 2x steps and 2x EOT
+# (standard:eps=8/255,steps=40,eot=8,full_steps=20, about the default strength 50/8/20); compare image by image with
+# the diffpure row on the same N (experiments/lib/paired.py).
 # usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]
 #        experiments/cifar10/purification/run.sh corr-diffpure-r56 corr-dt-r56 corr-diffpure-fastnet ... certify-r56
 set -euo pipefail
@@ -29,7 +32,7 @@ M=zoo/cifar10-purify-t0.2.safetensors
 P="model=$M,t=0.1,steps=20"  # the purifier; attacked rows add checkpointing (memory flat in the steps)
 D="$P,checkpoint=true"
 D2="model=$M,t=0.075,steps=20,checkpoint=true"  # DiffPure's l_2 setting (t* = 0.075)
-declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
+declare -A SPEC=([diffpure]="diffpure:$D" [diffpure-x2]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
                  [diffpure-fastnet]="diffpure:$D" [dt]="distribution-transfer:$D" [dt-fastnet]="distribution-transfer:$D"
                  [diffpure-l2]="diffpure:$D2" [ssni-n-l2]="ssni:$D2,mode=N" [ssni-l-l2]="ssni:$D2,mode=L"
                  [gdmp]="gdmp:model=$M,t=0.036,steps=9,iterations=4,checkpoint=true"
@@ -37,6 +40,7 @@ declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ss
                  [cmap]="cmap:model=zoo/cifar10-cm-cd-tiny.safetensors,iterations=100,checkpoint=true")
 LINF="standard:eps=8/255,steps=20,eot=4,full_steps=10"
 L2="standard:eps=0.5,norm=l2,steps=20,eot=4,full_steps=10"
+X2="standard:eps=8/255,steps=40,eot=8,full_steps=20"  # the convergence check: 2x steps and EOT of every member
 rows=("$@"); [ ${#rows[@]} -eq 0 ] && rows=(diffpure)
 N=${N:-16}; SEEDS=${SEEDS:-0}
 sfx="-n$N-seeds${SEEDS//,/_}"
@@ -60,7 +64,7 @@ for row in "${rows[@]}"; do
   spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
   echo "== $row: $spec $(date +%T)"
   clf=${CLF[r56]}; [[ $row == *-fastnet ]] && clf=${CLF[fastnet]}
-  attack=$LINF; [[ $row == *-l2 ]] && attack=$L2
+  attack=$LINF; [[ $row == *-l2 ]] && attack=$L2; [[ $row == *-x2 ]] && attack=$X2
   votes=(); [ "$row" = cmap ] && votes=(--votes 1)
   eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "$clf" --defense "$spec" "${votes[@]}" \
     --attack "$attack" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \

@@ -74,6 +74,10 @@ class DeviatedReconstruction(PathAttack):
     """PGD-EOT on CE + dev_weight * l_dev through a multi-stage purifier (module docstring).
 
     Defaults: 20 steps of 2.5 eps / steps, EOT 4, random start, ``grad_checkpoint`` on, ``balance`` on.
+
+    Args:
+        dev_weight: lambda, the weight of the deviated-reconstruction loss (relative, when balance is on)
+        balance: per image, scale lambda at the first iterate so both gradients have the same norm
     """
 
     name = "diffattack"
