@@ -21,7 +21,11 @@
 #   SEEDS=0 PROCS=2 BATCH=16 experiments/digits/ssni/run.sh diffpure-x2 ssni-n-x2; SEEDS=0 PROCS=2 BATCH=16
 #   experiments/digits/ssni/run.sh gdmp-strong gnsp-strong gnsp-x2 diffpure-t125-strong; gnsp-strong rerun on
 #   2026-11-30 when GNSP got DiffPure's surrogate family (its earlier output, the 1-step surrogate only, is kept as
-#   gnsp-strong-list1-seeds0; it and gdmp-strong and gnsp-x2 were run with the lists of commit c6230ca)
+#   gnsp-strong-list1-seeds0; it and gdmp-strong and gnsp-x2 were run with the lists of commit c6230ca). On 2026-12-01
+#   gnsp-strong was rerun with the deviated-reconstruction attack in GNSP's list (the 2026-11-30 output is
+#   gnsp-strong-list2-seeds0), gdmp-strong with the 2-step and unguided surrogates (the earlier one is
+#   gdmp-strong-list1-seeds0), and diffpure-strong with SEEDS=0 for a journal to pair with (the earlier-list output of
+#   that name is diffpure-strong-list0-seeds0; ssni-n-strong-list0-seeds0 likewise)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
