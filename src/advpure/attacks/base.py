@@ -85,6 +85,14 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float) -> t
     return (x + delta).clamp(0.0, 1.0)
 
 
+def ascent_step(x_adv: torch.Tensor, grad: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float,
+                alpha: float) -> torch.Tensor:
+    """One PGD step (Madry et al. 2018) up the gradient, projected back into the threat model around ``x``:
+    ``P(x_adv + alpha * sign(grad))`` for linf, ``P(x_adv + alpha * grad / ||grad||_2)`` for l2 (detached)."""
+    step = grad.sign() if norm == "linf" else grad / (_flat_norm(grad) + 1e-12)
+    return project(x_adv.detach() + alpha * step, x, norm=norm, eps=eps).detach()
+
+
 #: how far (in pixel units for linf, in l2 norm for l2) an attack's output may lie outside the threat model from
 #: floating-point rounding; anything further is a bug of the attack
 THREAT_MODEL_TOLERANCE = 1e-5
@@ -448,6 +456,6 @@ def check_step_size(step_size: float | None) -> float | None:
 
 
 __all__ = ["Attack", "AttackStats", "DEFAULT_EPS", "FirstSuccess", "NORMS", "PathAttack", "THREAT_MODEL_TOLERANCE",
-           "check_eps", "check_norm", "count_forwards", "dlr_loss", "dlr_targeted_loss", "enforce_threat_model",
+           "ascent_step", "check_eps", "check_norm", "count_forwards", "dlr_loss", "dlr_targeted_loss", "enforce_threat_model",
            "eval_mode", "grad_checkpointing", "is_stochastic", "make_loss", "margin_loss", "perturbation_norm", "project",
            "random_start"]

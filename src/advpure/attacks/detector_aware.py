@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
 from ..data import DEFAULT_LINF_EPS
-from .base import FirstSuccess, PathAttack, check_step_size, project, random_start
+from .base import FirstSuccess, PathAttack, ascent_step, check_step_size, random_start
 
 
 # --------------------------------------------------------------------------- detector statistics
@@ -189,8 +189,7 @@ class DADPathPGD(PathAttack):
                     obj = obj + self.mmd_weight * (stat.mean() if det.per_sample else stat)
                 grad, = torch.autograd.grad(obj, xr)
             grad = grad.view(eot, *x.shape).sum(0)
-            step = grad.sign() if self.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
-            x_adv = project(x_adv + alpha * step, x, norm=self.norm, eps=self.eps).detach()
+            x_adv = ascent_step(x_adv, grad, x, norm=self.norm, eps=self.eps, alpha=alpha)
             if tracker is not None:
                 with torch.no_grad():
                     tracker.update(x_adv, model(x_adv).argmax(1) != y)
@@ -273,8 +272,7 @@ class DetectorAwarePGD(PathAttack):
                 lam = torch.where(s > tm, lam * 2.0, (lam / 1.5).clamp_min(1e-3))
             if it == self.steps:
                 break
-            step = grad.sign() if self.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
-            x_adv = project(x_adv.detach() + alpha * step, x, norm=self.norm, eps=self.eps).detach()
+            x_adv = ascent_step(x_adv, grad, x, norm=self.norm, eps=self.eps, alpha=alpha)
         self.last_stats.iterations = self.steps
         if det.per_sample:
             out = torch.where(found.view(-1, 1, 1, 1), best, x_adv)

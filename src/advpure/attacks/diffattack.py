@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..contracts import check_int, check_positive
-from .base import DEFAULT_EPS, FirstSuccess, PathAttack, check_step_size, project, random_start
+from .base import DEFAULT_EPS, FirstSuccess, PathAttack, ascent_step, check_step_size, random_start
 
 #: the weight of the deviated-reconstruction term against the per-image cross-entropy (relative to the gradient
 #: norms at the first iterate when ``balance`` is on)
@@ -132,8 +132,7 @@ class DeviatedReconstruction(PathAttack):
                 else:
                     grad = per_image(torch.autograd.grad((ce + lam.repeat(eot) * dev).sum() / eot, xr)[0])
             self.last_curve.append((float(ce.detach().mean()), float(dev.detach().mean())))
-            step = grad.sign() if self.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
-            x_adv = project(x_adv + alpha * step, x, norm=self.norm, eps=self.eps).detach()
+            x_adv = ascent_step(x_adv, grad, x, norm=self.norm, eps=self.eps, alpha=alpha)
             if tracker is not None:
                 with torch.no_grad():
                     tracker.update(x_adv, model(x_adv).argmax(1) != y)

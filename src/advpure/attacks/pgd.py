@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from .base import DEFAULT_EPS, Attack, FirstSuccess, check_step_size, make_loss, project, random_start
+from .base import DEFAULT_EPS, Attack, FirstSuccess, ascent_step, check_step_size, make_loss, random_start
 
 #: literature defaults (Lee & Kim 2023, Table 1 setting)
 DEFAULT_STEPS = 200
@@ -64,12 +64,7 @@ class PGD(Attack):
             grad, _, logits = self.loss_and_grad(gm, x_adv, y, loss_fn, eot)
             if early:
                 tracker.update(x_adv, self.fooled(model, x_adv, y, logits, gm))
-            grad = torch.nan_to_num(grad)
-            if self.norm == "linf":
-                step = grad.sign()
-            else:
-                step = grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
-            x_adv = project(x_adv + alpha * step, x, norm=self.norm, eps=self.eps).detach()
+            x_adv = ascent_step(x_adv, torch.nan_to_num(grad), x, norm=self.norm, eps=self.eps, alpha=alpha)
         self.last_stats.iterations = self.steps
         if not early:
             return x_adv

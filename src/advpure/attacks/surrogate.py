@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Attack, FirstSuccess, count_forwards, is_stochastic
+from .base import Attack, FirstSuccess, ascent_step, count_forwards, is_stochastic
 from .pgd import PGD
 
 
@@ -49,7 +49,7 @@ class SurrogateProcess(Attack):
         eot = pgd.eot if is_stochastic(self.surrogate) else 1
         self.last_stats.eot = eot
         alpha = pgd.alpha()
-        from .base import make_loss, project, random_start
+        from .base import make_loss, random_start
 
         loss_fn = make_loss(pgd.loss)
         x_adv = random_start(x, norm=pgd.norm, eps=pgd.eps, generator=generator) if pgd.random_start else x.clone()
@@ -60,9 +60,7 @@ class SurrogateProcess(Attack):
         with count_forwards(self.surrogate) as sc:
             for _ in range(pgd.steps):
                 grad, _, _ = pgd.loss_and_grad(self.surrogate, x_adv, y, loss_fn, eot)
-                grad = torch.nan_to_num(grad)
-                step = grad.sign() if pgd.norm == "linf" else grad / (grad.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-12)
-                x_adv = project(x_adv + alpha * step, x, norm=pgd.norm, eps=pgd.eps).detach()
+                x_adv = ascent_step(x_adv, torch.nan_to_num(grad), x, norm=pgd.norm, eps=pgd.eps, alpha=alpha)
                 if early:
                     tracker.update(x_adv, self._fooled_real(model, x_adv, y))
         self.last_stats.iterations = pgd.steps
