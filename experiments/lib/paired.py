@@ -6,8 +6,11 @@ Both runs must use the same test split and subset seed (the runner's --subset-se
 evaluation seed); a subset of N images with seed S is the first N of one
 seeded permutation, so a smaller run's images are inside a larger run's. Records are matched by dataset index.
 
-usage: python experiments/lib/paired.py REPORT_A.json JOURNAL_A REPORT_B.json JOURNAL_B [--seed 0] [--out FILE.json]
+usage: python experiments/lib/paired.py REPORT_A.json JOURNAL_A REPORT_B.json JOURNAL_B [--seed 0 | --seeds 0,1,2]
+       [--out FILE.json]
   JOURNAL: the run's --journal path (its .rank<r>of<w> siblings are read too)
+  --seeds: pool several seeds (units: image-seeds, as the runner's intervals); a side whose seeds come from several
+  runs takes comma-separated lists of equal length, e.g. A.json,A-seeds1_2.json A.jsonl,A-seeds1_2.jsonl
   e.g. the convergence check on digits:
   python experiments/lib/paired.py reports/digits/ssni/diffpure-strong.json runs/digits-ssni/diffpure-strong.jsonl \
       reports/digits/ssni/diffpure-x2-seeds0.json runs/digits-ssni/diffpure-x2-seeds0.jsonl
@@ -50,19 +53,40 @@ def per_image(report: str, journal: str, seed: int) -> tuple[dict, dict[int, dic
     return ds, out
 
 
+def side(reports: str, journals: str, seeds: list[int]) -> tuple[dict, dict[tuple[int, int], dict]]:
+    """(dataset entry, (dataset index, seed) -> per-image record) over ``seeds``, each seed from the one report of the
+    comma-separated list that has it."""
+    rs, js = reports.split(","), journals.split(",")
+    if len(rs) != len(js):
+        sys.exit(f"paired.py: {len(rs)} reports but {len(js)} journals: give one journal per report")
+    ds, out = None, {}
+    for seed in seeds:
+        have = [(r, j) for r, j in zip(rs, js) if seed in json.load(open(r))["seeds"]]
+        if len(have) != 1:
+            sys.exit(f"paired.py: seed {seed} is in {len(have)} of the reports {rs} (expected exactly one)")
+        d, recs = per_image(*have[0], seed)
+        if ds is not None and (d["n"], d["subset_seed"]) != (ds["n"], ds["subset_seed"]):
+            sys.exit(f"paired.py: {have[0][0]} has other images than {rs[0]}")
+        ds = d
+        out.update({(i, seed): v for i, v in recs.items()})
+    return ds, out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("report_a"), p.add_argument("journal_a"), p.add_argument("report_b"), p.add_argument("journal_b")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds to pool (overrides --seed)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    (da, A), (db, B) = per_image(a.report_a, a.journal_a, a.seed), per_image(a.report_b, a.journal_b, a.seed)
+    seeds = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed]
+    (da, A), (db, B) = side(a.report_a, a.journal_a, seeds), side(a.report_b, a.journal_b, seeds)
     if (da["name"], da["subset_seed"]) != (db["name"], db["subset_seed"]):
         sys.exit(f"paired.py: the runs use different datasets or subset seeds: {da['name']} (subset seed "
                  f"{da['subset_seed']}) and {db['name']} (subset seed {db['subset_seed']})")
     shared = sorted(set(A) & set(B))
     name_a, name_b = f"A: {a.report_a} (n={da['n']})", f"B: {a.report_b} (n={db['n']})"
-    res = {"seed": a.seed, "shared_images": len(shared), "rows": {}, "paired": {}}
+    res = {"seed": seeds[0] if len(seeds) == 1 else seeds, "shared_images": len(shared), "rows": {}, "paired": {}}
     for name, R in ((name_a, A), (name_b, B)):
         res["rows"][name] = {k: interval95([R[i][k] for i in shared]) for k in ("clean", "robust")}
         res["rows"][name]["survived_all_attacks"] = sum(R[i]["broken_by"] is None for i in shared)

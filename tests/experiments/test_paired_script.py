@@ -66,3 +66,35 @@ def test_paired_refuses_incomplete_journals(tmp_path):
     ra, ja = _run(tmp_path, "a", 4, A, [[0, 1]])  # the second task never finished
     r = subprocess.run([sys.executable, str(SCRIPT), str(ra), str(ja), str(ra), str(ja)], capture_output=True, text=True)
     assert r.returncode != 0 and "holds 2 of 4 images" in r.stderr
+
+
+def _seeded_run(tmp: Path, name: str, robust: dict[int, list[int]]) -> tuple[Path, Path]:
+    """A 2-image run over the seeds in ``robust`` (seed -> each image's one robust draw), one task per seed."""
+    report = tmp / f"{name}.json"
+    report.write_text(json.dumps({"dataset": {"name": "digits", "split": "test", "subset_seed": 0, "n": 2},
+                                  "seeds": sorted(robust), "journal_key": f"key-{name}"}))
+    recs = [{"key": f"key-{name}", "type": "batch", "seed": s, "indices": [0, 1], "clean": [[1, 1]], "robust": [r],
+             "broken_by": [None, None]} for s, r in robust.items()]
+    journal = tmp / f"{name}.jsonl"
+    journal.write_text("".join(json.dumps(x) + "\n" for x in recs))
+    return report, journal
+
+
+def test_paired_pools_seeds_from_several_runs(tmp_path):
+    """--seeds 0,1: units are image-seeds; side A's seeds come from two runs (comma-separated lists)."""
+    a0, ja0 = _seeded_run(tmp_path, "a0", {0: [0, 0]})
+    a1, ja1 = _seeded_run(tmp_path, "a1", {1: [1, 0]})
+    b, jb = _seeded_run(tmp_path, "b", {0: [1, 1], 1: [1, 0]})
+    out = tmp_path / "pooled.json"
+    subprocess.run([sys.executable, str(SCRIPT), f"{a0},{a1}", f"{ja0},{ja1}", str(b), str(jb), "--seeds", "0,1",
+                    "--out", str(out)], check=True, capture_output=True)
+    res = json.loads(out.read_text())
+    assert res["shared_images"] == 4 and res["seed"] == [0, 1]
+    d = [1, 1, 0, 0]  # B - A per image-seed
+    m = sum(d) / 4
+    half = 1.959964 * math.sqrt(sum((v - m) ** 2 for v in d) / 3) / 2
+    rob = res["paired"]["robust: B - A"]
+    assert math.isclose(rob["diff"], 0.5) and math.isclose(rob["half_width"], half, rel_tol=1e-5)
+    r = subprocess.run([sys.executable, str(SCRIPT), f"{a0},{a1}", str(ja0), str(b), str(jb), "--seeds", "0,1"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "one journal per report" in r.stderr
