@@ -17,14 +17,15 @@ multi-stage process is exactly the kind of deep, repeatedly re-noised chain the 
 
 (``alpha_t = 1/K``, ``d`` the mean squared distance per pixel in the model's [-1, 1] space). The weights ``alpha_t``
 and ``lambda`` of the paper's experiments are not used here (not in this project's sources). **lambda per image**
-(``balance=True``, the default): the two terms' scales differ by two orders of magnitude (digits, GNSP with 5 steps per
-stage, 16 test images: the median of ||grad l_dev|| / ||grad CE|| is 81 at the clean image and 219 at a random corner
-of the 0.2 ball), so with lambda = 1 the sign steps would follow l_dev alone. At the first iterate the attack sets,
-per image, ``lambda_i = dev_weight * ||grad CE_i|| / ||grad l_dev_i||`` (EOT-averaged gradients, one extra backward
-pass) and keeps it: both terms pull with the same strength there, whatever the dataset. ``balance=False`` uses
-``lambda = dev_weight`` as given; ``dev_weight=0`` is plain PGD-EOT on CE through the stages (a control). DiffAttack's segment-wise forward-backward
-algorithm is what the purifier's ``grad_checkpoint`` does (each stage's reverse chain is recomputed step by step in
-the backward pass with its random state rewound): on by default.
+(``balance=True``, the default): the two terms' scales differ by orders of magnitude, and from image to image (digits,
+GNSP with 5 steps per stage, 16 test images, ``experiments/digits/ssni/dev_gradient_ratio.py``: ||grad l_dev|| /
+||grad CE|| has median 55 at the clean image and 136 at a random corner of the 0.2 ball, range 0.003 to 8e4), so with
+one lambda the sign steps would follow one term alone on most images. At the first iterate the attack sets, per image,
+``lambda_i = dev_weight * ||grad CE_i|| / ||grad l_dev_i||`` (EOT-averaged gradients, one extra backward pass) and
+keeps it: both terms pull with the same strength there, whatever the dataset. ``balance=False`` uses
+``lambda = dev_weight`` as given; ``dev_weight=0`` is plain PGD-EOT on CE through the stages (a control). DiffAttack's
+segment-wise forward-backward algorithm is what the purifier's ``grad_checkpoint`` does (each stage's reverse chain is
+recomputed step by step in the backward pass with its random state rewound): on by default.
 
 Optimisation: PGD (linf sign steps / l2 normalised steps, projection onto the eps-ball and [0, 1]) with EOT over the
 purifier's randomness (``eot`` passes averaged per gradient) and a random start. The protocol of
@@ -151,5 +152,6 @@ from ..specs import SpecContext, register  # noqa: E402
 
 @register("attack", "diffattack")
 def _diffattack(ctx: SpecContext, **p) -> DeviatedReconstruction:
-    """``diffattack:eps=8/255,steps=20,eot=4,dev_weight=1,balance=true`` (needs a defense with ``purify_stages``, e.g. GNSP)."""
+    """``diffattack:eps=8/255,steps=20,eot=4,dev_weight=1,balance=true`` (needs a defense with ``purify_stages``, e.g.
+    GNSP)."""
     return DeviatedReconstruction(**p)
