@@ -25,7 +25,9 @@
 #   gnsp-strong was rerun with the deviated-reconstruction attack in GNSP's list (the 2026-11-30 output is
 #   gnsp-strong-list2-seeds0), gdmp-strong with the 2-step and unguided surrogates (the earlier one is
 #   gdmp-strong-list1-seeds0), and diffpure-strong with SEEDS=0 for a journal to pair with (the earlier-list output of
-#   that name is diffpure-strong-list0-seeds0; ssni-n-strong-list0-seeds0 likewise)
+#   that name is diffpure-strong-list0-seeds0; ssni-n-strong-list0-seeds0 likewise); then SEEDS=1,2 PROCS=2 BATCH=16
+#   experiments/digits/ssni/run.sh diffpure-strong gnsp-strong for the 3-seed comparison (experiments/lib/paired.py
+#   --seeds 0,1,2, docs/RESULTS.md)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 OUT=reports/digits/ssni
