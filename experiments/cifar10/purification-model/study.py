@@ -6,7 +6,7 @@ for the project's classifier and the shared ResNet-56, against undefended; 95% W
         [--mse-n 1000] [--acc-n 500] [--skip-acc] [--skip-mse] [--seed 0] [--pair OTHER.json]
         [--t-star 0.1] [--steps N] [--sampler sde|ddim]
 
-``--t-star``, ``--steps`` (default ``round(t*/1e-3)``, DiffPure's dt) and ``--sampler`` (``ddim``: deterministic DDIM
+``--t-star``, ``--steps`` (default DiffPure's own: ``ceil(t*/dt)``, dt = 1e-3) and ``--sampler`` (``ddim``: deterministic DDIM
 from t*, one step = Tweedie's one-step estimate) change the purification measured, to locate where the clean accuracy
 is lost; the defaults are DiffPure's (t* = 0.1, 100 reverse-SDE steps).
 
@@ -52,7 +52,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--t-star", type=float, default=0.1)
-    ap.add_argument("--steps", type=int, default=None, help="reverse steps (default round(t*/1e-3))")
+    ap.add_argument("--steps", type=int, default=None, help="reverse steps (default DiffPure's: ceil(t*/1e-3))")
     ap.add_argument("--sampler", choices=("sde", "ddim"), default="sde")
     a = ap.parse_args()
     from tqdm.auto import tqdm
@@ -83,8 +83,8 @@ def main() -> None:
         sub = data.subset(a.acc_n, 0)
         xs, ys = sub.tensors()
         clfs = {k: load_classifier(v).eval() for k, v in CLASSIFIERS.items()}
-        steps = a.steps if a.steps is not None else max(1, round(a.t_star / 1e-3))
-        dp = DiffPure(eps_model, t=a.t_star, n_steps=steps, sampler=a.sampler).eval()
+        dp = DiffPure(eps_model, t=a.t_star, n_steps=a.steps, sampler=a.sampler).eval()
+        steps = dp.n_steps
         g = torch.Generator().manual_seed(a.seed)
         purified = []
         t1 = time.perf_counter()
