@@ -18,9 +18,9 @@
 # iterations, as 30 reconstruct too little at 32x32x3: reports/cifar10/cmap/ablation; lambda 3), the majority vote over
 # the K samples (--votes 1, the paper's classifier), on the ResNet-56; its ensemble adds the consistency-disruption
 # attack (Zhang et al.); about 1,060 s per image on one process, so BATCH=4 keeps the journal's tasks short.
-# diffpure-x2: the convergence check of the diffpure row, every member with 2x steps and 2x EOT
+# ROW-x2 (e.g. diffpure-x2, ssni-n-x2; l_inf rows): the convergence check of ROW, every member with 2x steps and 2x EOT
 # (standard:eps=8/255,steps=40,eot=8,full_steps=20, about the default strength 50/8/20); compare image by image with
-# the diffpure row on the same N (experiments/lib/paired.py).
+# ROW on the same N (experiments/lib/paired.py).
 # usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]
 #        experiments/cifar10/purification/run.sh corr-diffpure-r56 corr-dt-r56 corr-diffpure-fastnet ... certify-r56
 set -euo pipefail
@@ -32,7 +32,7 @@ M=zoo/cifar10-purify-t0.2.safetensors
 P="model=$M,t=0.1,steps=20"  # the purifier; attacked rows add checkpointing (memory flat in the steps)
 D="$P,checkpoint=true"
 D2="model=$M,t=0.075,steps=20,checkpoint=true"  # DiffPure's l_2 setting (t* = 0.075)
-declare -A SPEC=([diffpure]="diffpure:$D" [diffpure-x2]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
+declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
                  [diffpure-fastnet]="diffpure:$D" [dt]="distribution-transfer:$D" [dt-fastnet]="distribution-transfer:$D"
                  [diffpure-l2]="diffpure:$D2" [ssni-n-l2]="ssni:$D2,mode=N" [ssni-l-l2]="ssni:$D2,mode=L"
                  [gdmp]="gdmp:model=$M,t=0.036,steps=9,iterations=4,checkpoint=true"
@@ -61,11 +61,15 @@ for row in "${rows[@]}"; do
       PROCS=1 eval_row "$OUT/$row.md" "${C[@]}" --classifier "$clf" "${extra[@]}" --out "$OUT/$row.json"
       continue ;;
   esac
-  spec=${SPEC[$row]:?unknown row $row (rows: ${!SPEC[*]})}
+  base=${row%-x2}; spec=${SPEC[$base]:?unknown row $row (rows: ${!SPEC[*]}, each also as ROW-x2)}
   echo "== $row: $spec $(date +%T)"
-  clf=${CLF[r56]}; [[ $row == *-fastnet ]] && clf=${CLF[fastnet]}
-  attack=$LINF; [[ $row == *-l2 ]] && attack=$L2; [[ $row == *-x2 ]] && attack=$X2
-  votes=(); [ "$row" = cmap ] && votes=(--votes 1)
+  clf=${CLF[r56]}; [[ $base == *-fastnet ]] && clf=${CLF[fastnet]}
+  attack=$LINF; [[ $base == *-l2 ]] && attack=$L2
+  if [[ $row == *-x2 ]]; then
+    [[ $base == *-l2 ]] && { echo "$row: the 2x check is defined for the l_inf rows" >&2; exit 2; }
+    attack=$X2
+  fi
+  votes=(); [ "$base" = cmap ] && votes=(--votes 1)
   eval_row "$OUT/$row$sfx.md" "${C[@]}" --classifier "$clf" --defense "$spec" "${votes[@]}" \
     --attack "$attack" --n "$N" --batch-size "${BATCH:-16}" --seeds "$SEEDS" \
     --no-sanity --out "$OUT/$row$sfx.json" --journal "runs/cifar10-purification/$row$sfx.jsonl"
