@@ -56,3 +56,33 @@ def test_bad_training_config(tmp_path):
         train_classifier(ClassifierTrainConfig(dataset="svhn", out=str(tmp_path / "x.safetensors")))
     with pytest.raises(ValueError, match=".safetensors"):
         train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, out=str(tmp_path / "x.pt")), progress=False)
+
+
+def test_fine_tuning_starts_from_init_and_trains_on_the_extra_images(tmp_path):
+    """--init loads the given weights (at lr 0 the convolution weights stay those of the init) and --extra-train
+    appends the image set: an epoch has ceil((clean + extra) / batch) steps; both are recorded in the sidecar."""
+    from safetensors.torch import load_file
+
+    from advpure.data import load_dataset
+    from advpure.data.imagefile import save_image_file
+
+    init = tmp_path / "init.safetensors"
+    _, init_meta = train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, out=str(init)), progress=False)
+    train = load_dataset("digits", "train")
+    x, y = train.batch(slice(0, 100))
+    extra = tmp_path / "extra.safetensors"
+    save_image_file(extra, x.flip(-1), y, torch.arange(100), {"purifier": "mirror", "num_classes": 10})
+    out = tmp_path / "ft.safetensors"
+    _, meta = train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, lr=0.0, init=str(init),
+                                                     extra_train=(str(extra),), out=str(out)), progress=False)
+    a, b = load_file(str(init)), load_file(str(out))
+    conv = [k for k in a if k.endswith("weight") and a[k].dim() == 4]
+    assert conv
+    for k in conv:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    t = meta["train"]
+    assert t["init"]["sha256"] == init_meta["sha256"] and t["n_train_clean"] == len(train)
+    assert t["n_train"] == len(train) + 100 and t["extra_train"][0]["made_by"] == "mirror"
+    with pytest.raises(ValueError, match="not the --arch 'resnet20'"):
+        train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, arch="resnet20", init=str(init),
+                                               out=str(tmp_path / "x.safetensors")), progress=False)

@@ -4,7 +4,7 @@ for the project's classifier and the shared ResNet-56, against undefended; 95% W
 
     python experiments/cifar10/purification-model/study.py --model zoo/X.safetensors --out reports/.../X.json
         [--mse-n 1000] [--acc-n 500] [--skip-acc] [--skip-mse] [--seed 0] [--pair OTHER.json]
-        [--t-star 0.1] [--steps N] [--sampler sde|ddim]
+        [--t-star 0.1] [--steps N] [--sampler sde|ddim] [--classifier NAME=SPEC ...]
 
 ``--t-star``, ``--steps`` (default DiffPure's own: ``ceil(t*/dt)``, dt = 1e-3) and ``--sampler`` (``ddim``: deterministic DDIM
 from t*, one step = Tweedie's one-step estimate) change the purification measured, to locate where the clean accuracy
@@ -18,6 +18,9 @@ per image with a seeded generator, the same purified images classified by both c
 image's 0/1 correctness (``correct``), so two models run with the same ``--seed`` and ``--acc-n`` (the same images
 and the same noise draws) are compared image by image: ``--pair OTHER.json`` adds the paired difference (this model
 minus OTHER, ``advpure.eval.metrics.paired_difference``) of DiffPure's clean accuracy for each classifier.
+``--classifier NAME=SPEC`` (repeatable) measures these classifiers instead of the two defaults; every classifier after
+the first is also paired with the first on the same purified images (``paired_vs_first``: this minus the first,
+undefended and purified).
 """
 from __future__ import annotations
 
@@ -54,7 +57,15 @@ def main() -> None:
     ap.add_argument("--t-star", type=float, default=0.1)
     ap.add_argument("--steps", type=int, default=None, help="reverse steps (default DiffPure's: ceil(t*/1e-3))")
     ap.add_argument("--sampler", choices=("sde", "ddim"), default="sde")
+    ap.add_argument("--classifier", action="append", default=[], metavar="NAME=SPEC",
+                    help="a classifier to measure (repeatable; replaces the defaults: " + ", ".join(CLASSIFIERS) + ")")
     a = ap.parse_args()
+    named = dict(CLASSIFIERS)
+    if a.classifier:
+        bad = [c for c in a.classifier if "=" not in c]
+        if bad:
+            raise SystemExit(f"--classifier {bad[0]!r}: expected NAME=SPEC")
+        named = dict(c.split("=", 1) for c in a.classifier)
     from tqdm.auto import tqdm
 
     eps_model, meta = load_denoiser(a.model)
@@ -82,7 +93,7 @@ def main() -> None:
     if not a.skip_acc:
         sub = data.subset(a.acc_n, 0)
         xs, ys = sub.tensors()
-        clfs = {k: load_classifier(v).eval() for k, v in CLASSIFIERS.items()}
+        clfs = {k: load_classifier(v).eval() for k, v in named.items()}
         dp = DiffPure(eps_model, t=a.t_star, n_steps=a.steps, sampler=a.sampler).eval()
         steps = dp.n_steps
         g = torch.Generator().manual_seed(a.seed)
@@ -101,10 +112,15 @@ def main() -> None:
                 acc[k] = {"undefended": interval95(clean.float().tolist()), "diffpure": interval95(pur.float().tolist()),
                           "loss_points": round(100 * float(clean.float().mean() - pur.float().mean()), 1)}
                 correct[k] = {"undefended": clean.int().tolist(), "diffpure": pur.int().tolist()}
-                if other is not None:
+                first = next(iter(correct))
+                if k != first:
+                    acc[k]["paired_vs_first"] = {"first": first, **{w: paired_difference(
+                        correct[first][w], correct[k][w]) for w in ("undefended", "diffpure")}}
+                if other is not None and k in other["correct"]:
                     acc[k]["paired_vs_other"] = {"other": a.pair, **paired_difference(
                         other["correct"][k]["diffpure"], correct[k]["diffpure"])}
                 print(k, json.dumps(acc[k]), flush=True)
+        rec["classifiers"] = named
         rec["accuracy"] = acc
         rec["correct"] = correct
         rec["acc_n"] = a.acc_n

@@ -46,6 +46,10 @@ def add_classifier(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pad", type=int, default=None, help="random-crop padding in pixels (default per dataset: 4 on CIFAR-10)")
     p.add_argument("--arch-kwargs", default=None, help="architecture options as key=value,... (e.g. head_scale=0.111)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--init", default=None, help="fine-tune: start from this classifier (spec or .safetensors)")
+    p.add_argument("--extra-train", action="append", default=[], metavar="FILE",
+                   help="append an image set (advpure.data.imagefile, e.g. purified training images) to the "
+                        "training set; repeatable")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
     threads.add_argument(p)
     p.set_defaults(func=_classifier)
@@ -59,7 +63,8 @@ def _classifier(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                                 device=args.device, train_subset=args.train_subset, out=args.out,
                                 label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
-                                momentum=args.momentum, pad=args.pad,
+                                momentum=args.momentum, pad=args.pad, init=args.init,
+                                extra_train=tuple(args.extra_train),
                                 arch_kwargs=parse_spec("arch:" + args.arch_kwargs)[1] if args.arch_kwargs else None)
     _, meta = train_classifier(cfg)
     print(f"saved {args.out}: {meta['arch']} on {meta['dataset']}, test accuracy {meta['accuracy']:.4f} "

@@ -6,6 +6,11 @@ from the last finished epoch), channels_last (and bf16 autocast on CUDA). Archit
 whitening stem (``fastnet``) are initialised from the training images before the first step. Models with a
 ``flip_tta`` switch record their test accuracy with and without test-time flipping. The result is saved as safetensors with a JSON sidecar that records the measured
 test accuracy and the command that produced it.
+
+Fine-tuning: ``init`` starts from a saved classifier (its architecture and weights; no whitening re-initialisation),
+and ``extra_train`` appends image sets (:mod:`advpure.data.imagefile`, e.g. purified copies of training images) to
+the training set, so every epoch sees the clean set and the extra images once each, shuffled together. Both are
+recorded in the sidecar with their sha256.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..data import load_dataset
-from ..models import ImageClassifier, build_classifier, save_classifier
+from ..data.imagefile import load_image_file
+from ..models import ImageClassifier, build_classifier, load_classifier, save_classifier
 from .common import augment_crop_flip, load_resume, pick_device, save_resume
 
 # Per-dataset defaults (measured: see README "Results").
@@ -51,6 +57,8 @@ class ClassifierTrainConfig:
     momentum: float = 0.9
     pad: int | None = None
     arch_kwargs: dict | None = None
+    init: str | None = None
+    extra_train: tuple[str, ...] = ()
 
     def resolved(self) -> dict:
         if self.dataset not in DEFAULTS:
@@ -117,19 +125,39 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     if cfg.train_subset:
         train = train.subset(cfg.train_subset, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_classifier(p["arch"], **{**_model_kwargs(cfg.dataset, train.shape, train.num_classes),
-                                           **(cfg.arch_kwargs or {})}).to(device)
+    init_meta = None
+    if cfg.init:
+        model = load_classifier(cfg.init, **(cfg.arch_kwargs or {})).to(device)
+        arch = getattr(model, "sidecar", {}).get("arch")
+        if cfg.arch is not None and arch != cfg.arch:
+            raise ValueError(f"--init {cfg.init} is a {arch!r} classifier, not the --arch {cfg.arch!r} asked for")
+        p["arch"] = arch or p["arch"]
+        init_meta = {"spec": cfg.init, "sha256": getattr(model, "sidecar", {}).get("sha256"),
+                     "accuracy": getattr(model, "sidecar", {}).get("accuracy")}
+    else:
+        model = build_classifier(p["arch"], **{**_model_kwargs(cfg.dataset, train.shape, train.num_classes),
+                                               **(cfg.arch_kwargs or {})}).to(device)
     model.validate_inputs = False  # the data is checked once below
     x_all, y_all = train.tensors()
+    n_clean = len(y_all)
+    extras = []
+    for f in cfg.extra_train:
+        extra = load_image_file(f, classes=list(train.classes))
+        if extra.shape != train.shape:
+            raise ValueError(f"--extra-train {f}: images of shape {extra.shape}, the {cfg.dataset} train set's are {train.shape}")
+        xe, ye = extra.tensors()
+        x_all, y_all = torch.cat([x_all, xe]), torch.cat([y_all, ye])
+        extras.append({"file": str(f), "sha256": extra.meta["sidecar"].get("sha256"), "n": len(ye),
+                       "made_by": extra.meta["sidecar"].get("purifier")})
     from ..contracts import check_images
 
     check_images(x_all, name=f"{cfg.dataset} train images")
-    if hasattr(model, "init_whitening"):
+    if hasattr(model, "init_whitening") and not cfg.init:
         model.init_whitening(x_all[:5000].to(device))
     model = model.to(memory_format=torch.channels_last)
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.SGD(params, lr=p["lr"], momentum=cfg.momentum, nesterov=True, weight_decay=p["weight_decay"])
-    steps_per_epoch = math.ceil(len(train) / p["batch_size"])
+    steps_per_epoch = math.ceil(len(y_all) / p["batch_size"])
     total = p["epochs"] * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, cfg.schedule, cfg.warmup))
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -188,7 +216,8 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         model, out, dataset=cfg.dataset, split_evaluated="test", accuracy=acc, n_test=len(y_te), **extra,
         train=dict(**p, seed=cfg.seed, label_smoothing=cfg.label_smoothing, schedule=cfg.schedule,
                    warmup=cfg.warmup, momentum=cfg.momentum, train_subset=cfg.train_subset, seconds=round(time.time() - t0, 1),
-                   device=str(device), resumed_from_epoch=start_epoch),
+                   device=str(device), resumed_from_epoch=start_epoch, init=init_meta, extra_train=extras,
+                   n_train_clean=n_clean, n_train=len(y_all)),
         command="advpure " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("advpure") else " ".join(sys.argv),
     )
     resume_path.unlink(missing_ok=True)
