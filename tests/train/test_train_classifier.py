@@ -86,3 +86,24 @@ def test_fine_tuning_starts_from_init_and_trains_on_the_extra_images(tmp_path):
     with pytest.raises(ValueError, match="not the --arch 'resnet20'"):
         train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, arch="resnet20", init=str(init),
                                                out=str(tmp_path / "x.safetensors")), progress=False)
+
+
+def test_float16_weights_are_measured_as_stored(tmp_path):
+    """--weights-dtype float16: the file holds half-precision tensors, the loaded model is float32, and the recorded
+    accuracy is that of the loaded (rounded) weights."""
+    from safetensors.torch import load_file
+
+    from advpure.data import load_dataset
+    from advpure.models import load_classifier
+    from advpure.train.classifier import accuracy
+
+    out = tmp_path / "h.safetensors"
+    _, meta = train_classifier(ClassifierTrainConfig(dataset="digits", epochs=2, weights_dtype="float16",
+                                                     out=str(out)), progress=False)
+    sd = load_file(str(out))
+    assert {v.dtype for v in sd.values() if v.is_floating_point()} == {torch.float16}
+    assert meta["weights_dtype"] == "float16"
+    model = load_classifier(str(out))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    x, y = load_dataset("digits", "test").tensors()
+    assert accuracy(model, x, y) == meta["accuracy"]

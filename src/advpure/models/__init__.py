@@ -76,18 +76,27 @@ def build_classifier(arch: str, **kwargs: Any) -> ImageClassifier:
     return model
 
 
-def save_classifier(model: ImageClassifier, path: str | os.PathLike, **sidecar: Any) -> dict:
+def save_classifier(model: ImageClassifier, path: str | os.PathLike, *, weights_dtype: str = "float32",
+                    **sidecar: Any) -> dict:
     """Save a classifier built by :func:`build_classifier` as safetensors + sidecar.
 
-    Recommended sidecar fields: ``dataset``, ``accuracy``, ``command``.
+    Recommended sidecar fields: ``dataset``, ``accuracy``, ``command``. ``weights_dtype="float16"`` stores every
+    floating-point tensor in half precision (half the file; loading casts back to the model's float32), recorded in
+    the sidecar: measure the accuracy of the rounded weights before saving.
     """
+    if weights_dtype not in ("float32", "float16"):
+        raise ValueError(f"weights_dtype: expected float32 or float16, got {weights_dtype!r}")
     spec = getattr(model, "arch_spec", None)
     if spec is None:
         raise ValueError("save_classifier needs a model made by build_classifier (it records the architecture)")
     meta = {"kind": "classifier", **spec,
             "normalization": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
             **sidecar}
-    return save_weights(model.state_dict(), path, meta)
+    sd = model.state_dict()
+    if weights_dtype == "float16":
+        sd = {k: v.half() if v.is_floating_point() else v for k, v in sd.items()}
+        meta["weights_dtype"] = "float16"
+    return save_weights(sd, path, meta)
 
 
 def _split_spec(spec: str, allow_random_weights: bool, what: str = "classifier") -> tuple[str | None, Path | None]:

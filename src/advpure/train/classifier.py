@@ -59,6 +59,7 @@ class ClassifierTrainConfig:
     arch_kwargs: dict | None = None
     init: str | None = None
     extra_train: tuple[str, ...] = ()
+    weights_dtype: str = "float32"
 
     def resolved(self) -> dict:
         if self.dataset not in DEFAULTS:
@@ -76,6 +77,8 @@ class ClassifierTrainConfig:
             raise ValueError(f"label_smoothing: expected a value in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.warmup < 1.0:
             raise ValueError(f"warmup: expected a fraction in [0, 1), got {self.warmup}")
+        if self.weights_dtype not in ("float32", "float16"):
+            raise ValueError(f"weights_dtype: expected float32 or float16, got {self.weights_dtype!r}")
         if self.pad is not None:
             if self.pad < 0:
                 raise ValueError(f"pad: expected >= 0, got {self.pad}")
@@ -203,6 +206,11 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{p['epochs']}: train loss {run_loss:.3f}, {time.time() - t0:.0f}s")
     model.eval()
+    if cfg.weights_dtype == "float16":  # measure the weights as stored: every float tensor rounded to float16
+        with torch.no_grad():
+            for t in [*model.parameters(), *model.buffers()]:
+                if t.is_floating_point():
+                    t.copy_(t.half().float())
     x_te, y_te = test.tensors()
     acc = accuracy(model, x_te, y_te, device=device)
     extra = {}
@@ -213,7 +221,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     model = model.cpu().to(memory_format=torch.contiguous_format)
     model.validate_inputs = True
     meta = save_classifier(
-        model, out, dataset=cfg.dataset, split_evaluated="test", accuracy=acc, n_test=len(y_te), **extra,
+        model, out, weights_dtype=cfg.weights_dtype, dataset=cfg.dataset, split_evaluated="test", accuracy=acc, n_test=len(y_te), **extra,
         train=dict(**p, seed=cfg.seed, label_smoothing=cfg.label_smoothing, schedule=cfg.schedule,
                    warmup=cfg.warmup, momentum=cfg.momentum, train_subset=cfg.train_subset, seconds=round(time.time() - t0, 1),
                    device=str(device), resumed_from_epoch=start_epoch, init=init_meta, extra_train=extras,
