@@ -13,7 +13,8 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 N=${N:-16384}
 D=../shared/data/cifar10-jpeg.tar.gz
 X=runs/purified/train-$N.safetensors
-M=runs/purified/cifar10-fastnet-purified.safetensors
+M=runs/purified/cifar10-fastnet-purified.safetensors  # trained here (resumable per epoch), then copied to zoo/
+Z=zoo/cifar10-fastnet-purified.safetensors
 OUT=reports/cifar10/purified-classifier
 mkdir -p runs/purified "$OUT"
 step() {
@@ -22,11 +23,12 @@ step() {
     train)
       .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" --init zoo/cifar10-fastnet.safetensors \
         --extra-train "$X" --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
-        --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$M" ;;
+        --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$M"
+      cp "$M" "$Z" && cp "${M%.safetensors}.json" "${Z%.safetensors}.json" ;;
     study)
       .venv/bin/python experiments/cifar10/purification-model/study.py --model zoo/cifar10-purify-t0.2.safetensors \
         --skip-mse --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
-        --classifier "fastnet fine-tuned on purified=$M" \
+        --classifier "fastnet fine-tuned on purified=$Z" \
         --classifier "ResNet-56 (shared)=resnet56:../shared/models/resnet56-4bfd9763.th" \
         --out "$OUT/study-n500.json" ;;
     *) echo "usage: $0 purify|train|study|all" >&2; exit 2 ;;
