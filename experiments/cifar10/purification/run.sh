@@ -19,7 +19,7 @@
 # iterations, as 30 reconstruct too little at 32x32x3: reports/cifar10/cmap/ablation; lambda 3), the majority vote over
 # the K samples (--votes 1, the paper's classifier), on the ResNet-56; its ensemble adds the consistency-disruption
 # attack (Zhang et al.); about 1,060 s per image on one process, so BATCH=4 keeps the journal's tasks short.
-# ROW-x2 (e.g. diffpure-x2, ssni-n-x2; l_inf rows): the convergence check of ROW, every member with 2x steps and 2x EOT
+# ROW-x2 (e.g. diffpure-x2, diffpure-fastnet-x2; l_inf rows): the convergence check of ROW, every member with 2x steps and 2x EOT
 # (standard:eps=8/255,steps=40,eot=8,full_steps=20, about the default strength 50/8/20); compare image by image with
 # ROW on the same N (experiments/lib/paired.py).
 # usage: N=16 SEEDS=0 PROCS=2 BATCH=8 experiments/cifar10/purification/run.sh [ROW...]
