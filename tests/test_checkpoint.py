@@ -104,3 +104,23 @@ def test_diffusion_loader_refuses_a_consistency_model():
 
     with pytest.raises(ValueError, match="sidecar kind is 'consistency', expected 'diffusion'"):
         load_denoiser(zoo_dir() / "digits-cm.safetensors")
+
+
+def test_every_zoo_file_matches_its_sidecar_and_the_zoo_stays_small():
+    """Each zoo/*.safetensors has a sidecar whose sha256 is the file's; each file < 10 MB, the folder < 40 MB."""
+    import advpure.checkpoint as ck
+    from advpure.paths import zoo_dir
+
+    zoo = zoo_dir()
+    files = sorted(zoo.glob("*.safetensors"))
+    assert len(files) >= 10
+    for f in files:
+        assert ck.read_sidecar(f)["sha256"] == ck.sha256_file(f), f.name
+        assert f.stat().st_size < 10_000_000, f.name
+    assert sum(p.stat().st_size for p in zoo.iterdir() if p.is_file()) < 40_000_000
+    # the float16 classifier loads into float32 and its measured accuracy is recorded
+    from advpure.models import load_classifier
+
+    m = load_classifier(zoo / "cifar10-fastnet-purified.safetensors")
+    assert {p.dtype for p in m.parameters()} == {torch.float32}
+    assert m.sidecar["weights_dtype"] == "float16" and m.sidecar["accuracy"] >= 0.90
