@@ -83,6 +83,11 @@ def test_fine_tuning_starts_from_init_and_trains_on_the_extra_images(tmp_path):
     t = meta["train"]
     assert t["init"]["sha256"] == init_meta["sha256"] and t["n_train_clean"] == len(train)
     assert t["n_train"] == len(train) + 100 and t["extra_train"][0]["made_by"] == "mirror"
+    leak = tmp_path / "leak.safetensors"
+    save_image_file(leak, x, y, torch.arange(100), {"split": "test", "num_classes": 10})
+    with pytest.raises(ValueError, match="made from the test split"):
+        train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, init=str(init), extra_train=(str(leak),),
+                                               out=str(tmp_path / "x.safetensors")), progress=False)
     with pytest.raises(ValueError, match="not the --arch 'resnet20'"):
         train_classifier(ClassifierTrainConfig(dataset="digits", epochs=1, arch="resnet20", init=str(init),
                                                out=str(tmp_path / "x.safetensors")), progress=False)

@@ -131,7 +131,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     init_meta = None
     if cfg.init:
         model = load_classifier(cfg.init, **(cfg.arch_kwargs or {})).to(device)
-        arch = getattr(model, "sidecar", {}).get("arch")
+        arch = (getattr(model, "arch_spec", None) or {}).get("arch")
         if cfg.arch is not None and arch != cfg.arch:
             raise ValueError(f"--init {cfg.init} is a {arch!r} classifier, not the --arch {cfg.arch!r} asked for")
         p["arch"] = arch or p["arch"]
@@ -146,6 +146,11 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     extras = []
     for f in cfg.extra_train:
         extra = load_image_file(f, classes=list(train.classes))
+        source = extra.meta["sidecar"].get("source") or {}
+        if source.get("dataset") not in (None, cfg.dataset):
+            raise ValueError(f"--extra-train {f}: made from {source['dataset']!r}, not from {cfg.dataset!r}")
+        if source.get("split") == "test" or extra.split == "test":
+            raise ValueError(f"--extra-train {f}: made from the test split; training on it would leak the test set")
         if extra.shape != train.shape:
             raise ValueError(f"--extra-train {f}: images of shape {extra.shape}, the {cfg.dataset} train set's are {train.shape}")
         xe, ye = extra.tensors()
