@@ -40,3 +40,20 @@ def test_bad_image_sets_are_refused(tmp_path):
         load_image_file(f)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_image_file(tmp_path / "none.safetensors")
+
+
+def test_sources_are_the_recorded_images_of_the_recorded_set(tmp_path):
+    from advpure.data import load_dataset
+    from advpure.data.imagefile import load_sources
+
+    train = load_dataset("digits", "train")
+    idx = torch.tensor([5, 2, 40])
+    x, y = train.batch(idx)
+    f = tmp_path / "s.safetensors"
+    src = {"dataset": "digits", "split": "train"}
+    save_image_file(f, 1 - x, y, idx, {"source": src, "num_classes": 10})
+    s = load_sources(load_image_file(f))
+    assert torch.equal(s.images, train.images[idx]) and s.labels.tolist() == y.tolist()
+    save_image_file(f, 1 - x, (y + 1) % 10, idx, {"source": src, "num_classes": 10})
+    with pytest.raises(ValueError, match="labels differ"):
+        load_sources(load_image_file(f))

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from advpure.data import load_dataset
-from advpure.data.imagefile import load_image_file
+from advpure.data.imagefile import load_image_file, load_sources
 from advpure.eval.metrics import interval95, paired_difference
 from advpure.models import load_classifier
 
@@ -26,13 +25,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=500)
     a = ap.parse_args()
     s = load_image_file(a.file)
-    src = s.meta["sidecar"]["source"]
-    ref = load_dataset(src["dataset"], src["split"], data_dir=src["data"])
-    idx = torch.tensor(s.meta["indices"])
-    if not torch.equal(ref.labels[idx], s.labels):
-        raise SystemExit(f"{a.file}: its labels differ from its source's at the recorded indices")
     xs, _ = s.tensors()
-    xc, y = ref.batch(idx)
+    xc, y = load_sources(s).tensors()
     rec = {"file": a.file, "sha256": s.meta["sidecar"]["sha256"], "n": len(y), "classifiers": {}}
     for c in a.classifier:
         name, spec = c.split("=", 1)

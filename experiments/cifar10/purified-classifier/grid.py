@@ -11,8 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from advpure.data import load_dataset
-from advpure.data.imagefile import load_image_file
+from advpure.data.imagefile import load_image_file, load_sources
 
 
 def main() -> None:
@@ -22,13 +21,11 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=8)
     a = ap.parse_args()
     s = load_image_file(a.file)
-    src = s.meta["sidecar"]["source"]
-    ref = load_dataset(src["dataset"], src["split"], data_dir=src["data"])
-    idx = torch.tensor(s.meta["indices"])
+    ref = load_sources(s)
     rows = []
     for c in range(ref.num_classes):
         pick = (s.labels == c).nonzero().flatten()[:a.k]
-        top = torch.cat(list(ref.images[idx[pick]]), 2)
+        top = torch.cat(list(ref.images[pick]), 2)
         bottom = torch.cat(list(s.images[pick]), 2)
         rows += [top, bottom, torch.full((3, 2, top.shape[2]), 255, dtype=torch.uint8)]
     g = torch.cat(rows, 1).permute(1, 2, 0).numpy().astype(np.uint8)

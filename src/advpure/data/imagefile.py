@@ -59,3 +59,19 @@ def load_image_file(path: str | os.PathLike, *, classes: list[str] | None = None
     names = list(classes) if classes is not None else [str(i) for i in range(n_classes)]
     return ImageSet(t["images"], labels, names, meta.get("name", path.stem), meta.get("split", "train"),
                     {"source_file": str(path), "indices": t["indices"].tolist(), "sidecar": meta})
+
+
+def load_sources(s: ImageSet) -> ImageSet:
+    """The images an image set was made from (its sidecar's ``source``: dataset, split, data location), at its
+    recorded indices, in its order; an error if their labels differ from the set's."""
+    from . import load_dataset
+
+    src = s.meta.get("sidecar", {}).get("source")
+    if not src:
+        raise ValueError(f"{s.meta.get('source_file', s.name)}: the sidecar records no source to load")
+    ref = load_dataset(src["dataset"], src["split"], data_dir=src.get("data"))
+    idx = torch.tensor(s.meta["indices"], dtype=torch.long)
+    out = ImageSet(ref.images[idx], ref.labels[idx], list(ref.classes), ref.name, ref.split, {"indices": idx.tolist()})
+    if not torch.equal(out.labels, s.labels):
+        raise ValueError(f"{s.meta.get('source_file', s.name)}: its labels differ from its source's at the recorded indices")
+    return out
