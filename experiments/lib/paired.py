@@ -59,9 +59,13 @@ def side(reports: str, journals: str, seeds: list[int]) -> tuple[dict, dict[tupl
     rs, js = reports.split(","), journals.split(",")
     if len(rs) != len(js):
         sys.exit(f"paired.py: {len(rs)} reports but {len(js)} journals: give one journal per report")
+    try:
+        seeds_of = {r: json.load(open(r))["seeds"] for r in rs}
+    except OSError as e:
+        sys.exit(f"paired.py: {e}")
     ds, out = None, {}
     for seed in seeds:
-        have = [(r, j) for r, j in zip(rs, js) if seed in json.load(open(r))["seeds"]]
+        have = [(r, j) for r, j in zip(rs, js) if seed in seeds_of[r]]
         if len(have) != 1:
             sys.exit(f"paired.py: seed {seed} is in {len(have)} of the reports {rs} (expected exactly one)")
         d, recs = per_image(*have[0], seed)

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
 
 from advpure.checkpoint import load_safetensors
 from advpure.data import load_dataset
@@ -58,8 +59,6 @@ def main() -> None:
         g = torch.Generator().manual_seed(a.seed * 1_000_003 + i)
         with torch.no_grad():
             xp = purifier(x, generator=g).clamp(0, 1)
-        from safetensors.torch import save_file
-
         save_file({"images": to_uint8(xp)}, str(f.with_suffix(".tmp")))
         f.with_suffix(".tmp").replace(f)
         done += x.shape[0]

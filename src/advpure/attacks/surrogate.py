@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Attack, FirstSuccess, ascent_step, count_forwards, is_stochastic
+from .base import Attack, FirstSuccess, ascent_step, count_forwards, is_stochastic, make_loss, random_start
 from .pgd import PGD
 
 
@@ -49,8 +49,6 @@ class SurrogateProcess(Attack):
         eot = pgd.eot if is_stochastic(self.surrogate) else 1
         self.last_stats.eot = eot
         alpha = pgd.alpha()
-        from .base import make_loss, random_start
-
         loss_fn = make_loss(pgd.loss)
         x_adv = random_start(x, norm=pgd.norm, eps=pgd.eps, generator=generator) if pgd.random_start else x.clone()
         tracker = FirstSuccess(x)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..data import load_dataset
+from ..data import ImageSet, load_dataset
 from ..data.imagefile import load_image_file
 from ..models import ImageClassifier, build_classifier, load_classifier, save_classifier
 from .common import augment_crop_flip, load_resume, pick_device, save_resume
@@ -119,6 +119,20 @@ def _model_kwargs(dataset: str, shape: tuple[int, int, int], num_classes: int) -
     return kw
 
 
+def _extra_train_set(path: str, dataset: str, train: ImageSet) -> ImageSet:
+    """An ``--extra-train`` image set, refused when made from another dataset, from the test split, or at another
+    image shape than the training set's."""
+    extra = load_image_file(path, classes=list(train.classes))
+    source = extra.meta["sidecar"].get("source") or {}
+    if source.get("dataset") not in (None, dataset):
+        raise ValueError(f"--extra-train {path}: made from {source['dataset']!r}, not from {dataset!r}")
+    if source.get("split") == "test" or extra.split == "test":
+        raise ValueError(f"--extra-train {path}: made from the test split; training on it would leak the test set")
+    if extra.shape != train.shape:
+        raise ValueError(f"--extra-train {path}: images of shape {extra.shape}, the {dataset} train set's are {train.shape}")
+    return extra
+
+
 def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tuple[ImageClassifier, dict]:
     """Train (or resume) and save; returns the model and its sidecar."""
     p = cfg.resolved()
@@ -135,28 +149,20 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         if cfg.arch is not None and arch != cfg.arch:
             raise ValueError(f"--init {cfg.init} is a {arch!r} classifier, not the --arch {cfg.arch!r} asked for")
         p["arch"] = arch or p["arch"]
-        init_meta = {"spec": cfg.init, "sha256": getattr(model, "sidecar", {}).get("sha256"),
-                     "accuracy": getattr(model, "sidecar", {}).get("accuracy")}
+        side = getattr(model, "sidecar", {})
+        init_meta = {"spec": cfg.init, "sha256": side.get("sha256"), "accuracy": side.get("accuracy")}
     else:
         model = build_classifier(p["arch"], **{**_model_kwargs(cfg.dataset, train.shape, train.num_classes),
                                                **(cfg.arch_kwargs or {})}).to(device)
     model.validate_inputs = False  # the data is checked once below
     x_all, y_all = train.tensors()
     n_clean = len(y_all)
-    extras = []
-    for f in cfg.extra_train:
-        extra = load_image_file(f, classes=list(train.classes))
-        source = extra.meta["sidecar"].get("source") or {}
-        if source.get("dataset") not in (None, cfg.dataset):
-            raise ValueError(f"--extra-train {f}: made from {source['dataset']!r}, not from {cfg.dataset!r}")
-        if source.get("split") == "test" or extra.split == "test":
-            raise ValueError(f"--extra-train {f}: made from the test split; training on it would leak the test set")
-        if extra.shape != train.shape:
-            raise ValueError(f"--extra-train {f}: images of shape {extra.shape}, the {cfg.dataset} train set's are {train.shape}")
-        xe, ye = extra.tensors()
-        x_all, y_all = torch.cat([x_all, xe]), torch.cat([y_all, ye])
-        extras.append({"file": str(f), "sha256": extra.meta["sidecar"].get("sha256"), "n": len(ye),
-                       "made_by": extra.meta["sidecar"].get("purifier")})
+    extra_sets = [_extra_train_set(f, cfg.dataset, train) for f in cfg.extra_train]
+    if extra_sets:
+        x_all = torch.cat([x_all, *(e.tensors()[0] for e in extra_sets)])
+        y_all = torch.cat([y_all, *(e.labels for e in extra_sets)])
+    extras = [{"file": str(f), "sha256": e.meta["sidecar"].get("sha256"), "n": len(e),
+               "made_by": e.meta["sidecar"].get("purifier")} for f, e in zip(cfg.extra_train, extra_sets)]
     from ..contracts import check_images
 
     check_images(x_all, name=f"{cfg.dataset} train images")
