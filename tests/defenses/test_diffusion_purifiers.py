@@ -240,3 +240,25 @@ def test_zoo_ddpm_diffpure_keeps_clean_accuracy(digits_data, digits_classifier):
         acc_rnd = float((digits_classifier(rnd(x, generator=torch.Generator().manual_seed(0))).argmax(1) == y).float().mean())
     assert acc >= clean - 0.08, (clean, acc)
     assert acc_rnd < acc - 0.1, (acc_rnd, acc)  # measured 0.81 vs 0.97 on these 96 images
+
+
+def test_diffpure_spec_ddim_one_step_is_tweedies_estimate():
+    """``diffpure:...,sampler=ddim,steps=1``: diffuse to t* (x_t = alpha x0 + std eps, Song et al. 2021 Eq. 33), then
+    Tweedie's estimate x0 = (x_t - std eps_theta(x_t, t*)) / alpha, with the VP schedule of DiffPure
+    (alpha(t) = exp(-t^2 (beta_max - beta_min) / 4 - t beta_min / 2), beta in [0.1, 20]), written out here."""
+    import math
+
+    p = build("defense", "diffpure:model=zoo/digits-ddpm.safetensors,t=0.1,steps=1,sampler=ddim")
+    assert p.sampler == "ddim" and p.nfe == 1.0
+    x = torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = p(x, generator=torch.Generator().manual_seed(7))
+    t = 0.1
+    alpha = math.exp(-t * t * (20.0 - 0.1) / 4 - t * 0.1 / 2)
+    std = math.sqrt(1 - alpha * alpha)
+    eps = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    xt = alpha * (2 * x - 1) + std * eps
+    with torch.no_grad():
+        x0 = (xt - std * p.eps_model(xt, torch.full((4,), t))) / alpha
+    torch.testing.assert_close(out, ((x0 + 1) / 2).clamp(0, 1), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="sampler must be one of sde, ddim, got 'euler'"):
+        build("defense", "diffpure:model=zoo/digits-ddpm.safetensors,sampler=euler")

@@ -112,3 +112,47 @@ def test_float16_weights_are_measured_as_stored(tmp_path):
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     x, y = load_dataset("digits", "test").tensors()
     assert accuracy(model, x, y) == meta["accuracy"]
+
+
+def test_purify_part_replaces_the_stated_share_and_leaves_the_rest():
+    """Each image is replaced with probability frac (binomial: 4,000 images, share within 4.5 standard deviations),
+    the others are untouched, the input is not modified, and frac = 1 replaces every image."""
+    from advpure.train.classifier import purify_part
+
+    class Fill(torch.nn.Module):
+        def forward(self, x, *, generator=None):
+            return torch.full_like(x, -1.0)
+
+    x = torch.rand(4000, 1, 2, 2)
+    keep = x.clone()
+    out = purify_part(x, Fill(), 0.25, torch.Generator().manual_seed(0))
+    replaced = (out == -1).flatten(1).all(1)
+    assert abs(float(replaced.float().mean()) - 0.25) < 4.5 * (0.25 * 0.75 / 4000) ** 0.5
+    torch.testing.assert_close(out[~replaced], keep[~replaced], rtol=0, atol=0)
+    torch.testing.assert_close(x, keep, rtol=0, atol=0)
+    assert bool((purify_part(x, Fill(), 1.0, torch.Generator().manual_seed(0)) == -1).all())
+
+
+def test_training_on_purified_images_drawn_afresh(tmp_path):
+    """--purify-aug: the run is reproducible from its seed, differs from the run without it (the augmentation is
+    applied), records the purifier in the sidecar, and refuses a spec that is not a purifier or a share outside (0, 1]."""
+    from safetensors.torch import load_file
+
+    spec = "diffpure:model=zoo/digits-ddpm.safetensors,t=0.1,steps=1,sampler=ddim"
+    kw = dict(dataset="digits", epochs=1, train_subset=256, batch_size=64)
+    runs = {}
+    for name, aug in (("a", spec), ("b", spec), ("plain", None)):
+        _, meta = train_classifier(ClassifierTrainConfig(**kw, purify_aug=aug, out=str(tmp_path / f"{name}.safetensors")),
+                                   progress=False)
+        runs[name] = (load_file(str(tmp_path / f"{name}.safetensors")), meta)
+    (a, meta), (b, _), (plain, _) = runs["a"], runs["b"], runs["plain"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], plain[k]) for k in a)
+    rec = meta["train"]["purify_aug"]
+    assert rec["spec"] == spec and rec["frac"] == 0.5 and rec["purifier"]["solver"].startswith("deterministic DDIM")
+    assert runs["plain"][1]["train"]["purify_aug"] is None
+    with pytest.raises(ValueError, match="expected a purifier"):
+        train_classifier(ClassifierTrainConfig(**kw, purify_aug="none", out=str(tmp_path / "x.safetensors")), progress=False)
+    with pytest.raises(ValueError, match=r"purify_frac: expected a share in \(0, 1\], got 1.5"):
+        train_classifier(ClassifierTrainConfig(**kw, purify_aug=spec, purify_frac=1.5, out=str(tmp_path / "x.safetensors")),
+                         progress=False)

@@ -6,7 +6,10 @@
 # rows), then measure DiffPure's clean accuracy (t* = 0.1, 100 steps as the issue asks, and the 20 steps of the
 # attacked rows; 500 test images) for both classifiers on the same purified images, paired. It is a different classifier: its robust accuracy comes from attacking it again
 # (experiments/cifar10/purification/run.sh diffpure-fastnet-pure).
-# usage: experiments/cifar10/purified-classifier/run.sh purify|train|study|all   (N=16384 by default)
+# The second recipe, fresh draws (train-fresh, study-fresh): no stored set; every step replaces half of each batch by
+# Tweedie's one-step estimate at t* = 0.1 (advpure train classifier --purify-aug, a new noise draw each time, so no
+# purified image is seen twice), 3 epochs from fastnet as above; then the same study with all three classifiers.
+# usage: experiments/cifar10/purified-classifier/run.sh purify|train|study|all|train-fresh|study-fresh   (N=16384 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
@@ -15,8 +18,17 @@ D=../shared/data/cifar10-jpeg.tar.gz
 X=runs/purified/train-$N.safetensors
 M=runs/purified/cifar10-fastnet-purified.safetensors  # trained here (resumable per epoch), then copied to zoo/
 Z=zoo/cifar10-fastnet-purified.safetensors
+F=runs/tweedie/cifar10-fastnet-tweedie.safetensors  # the fresh-draws recipe (resumable per epoch)
+PM=zoo/cifar10-purify-t0.2.safetensors
 OUT=reports/cifar10/purified-classifier
-mkdir -p runs/purified "$OUT"
+mkdir -p runs/purified runs/tweedie "$OUT"
+study() {  # study OUT_PREFIX CLASSIFIER...: DiffPure's 100 steps (the issue's measure), then the 20 of the attacked rows
+  local prefix=$1; shift
+  for st in 100 20; do
+    .venv/bin/python experiments/cifar10/purification-model/study.py --model "$PM" --skip-mse --steps $st "$@" \
+      --out "$OUT/$prefix-n500-steps$st.json"
+  done
+}
 step() {
   case $1 in
     purify) [ -f "$X" ] || .venv/bin/python experiments/cifar10/purified-classifier/purify_set.py --n "$N" --out "$X" ;;
@@ -25,15 +37,20 @@ step() {
         --extra-train "$X" --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
         --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$M"
       cp "$M" "$Z" && cp "${M%.safetensors}.json" "${Z%.safetensors}.json" ;;
-    study)  # DiffPure's 100 steps (the issue's measure), then the 20 steps of the attacked rows
-      for st in 100 20; do
-        .venv/bin/python experiments/cifar10/purification-model/study.py --model zoo/cifar10-purify-t0.2.safetensors \
-          --skip-mse --steps $st --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
-          --classifier "fastnet fine-tuned on purified=$Z" \
-          --classifier "ResNet-56 (shared)=resnet56:../shared/models/resnet56-4bfd9763.th" \
-          --out "$OUT/study-n500-steps$st.json"
-      done ;;
-    *) echo "usage: $0 purify|train|study|all" >&2; exit 2 ;;
+    study)
+      study study --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
+        --classifier "fastnet fine-tuned on purified=$Z" \
+        --classifier "ResNet-56 (shared)=resnet56:../shared/models/resnet56-4bfd9763.th" ;;
+    train-fresh)
+      .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" --init zoo/cifar10-fastnet.safetensors \
+        --purify-aug "diffpure:model=$PM,t=0.1,steps=1,sampler=ddim" --purify-frac 0.5 \
+        --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
+        --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$F" ;;
+    study-fresh)
+      study study-fresh --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
+        --classifier "fastnet fine-tuned, fresh Tweedie draws=$F" \
+        --classifier "fastnet fine-tuned on purified=$Z" ;;
+    *) echo "usage: $0 purify|train|study|all|train-fresh|study-fresh" >&2; exit 2 ;;
   esac
 }
 if [ "${1:-}" = all ]; then for s in purify train study; do step $s; done; else step "${1:-}"; fi

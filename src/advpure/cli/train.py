@@ -52,6 +52,11 @@ def add_classifier(train_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--extra-train", action="append", default=[], metavar="FILE",
                    help="append an image set (advpure.data.imagefile, e.g. purified training images) to the "
                         "training set; repeatable")
+    p.add_argument("--purify-aug", default=None, metavar="SPEC",
+                   help="train on purified images drawn afresh every step: a purifier (--defense spec, e.g. "
+                        "diffpure:model=PATH,t=0.1,steps=1,sampler=ddim) applied to a share of each batch")
+    p.add_argument("--purify-frac", type=float, default=0.5,
+                   help="the share of each batch replaced by its purification with --purify-aug (default 0.5)")
     p.add_argument("--out", required=True, help="output .safetensors (a .json sidecar is written beside it)")
     threads.add_argument(p)
     p.set_defaults(func=_classifier)
@@ -67,6 +72,7 @@ def _classifier(args: argparse.Namespace) -> int:
                                 label_smoothing=args.label_smoothing, schedule=args.schedule, warmup=args.warmup,
                                 momentum=args.momentum, pad=args.pad, init=args.init,
                                 extra_train=tuple(args.extra_train), weights_dtype=args.weights_dtype,
+                                purify_aug=args.purify_aug, purify_frac=args.purify_frac,
                                 arch_kwargs=parse_spec("arch:" + args.arch_kwargs)[1] if args.arch_kwargs else None)
     _, meta = train_classifier(cfg)
     print(f"saved {args.out}: {meta['arch']} on {meta['dataset']}, test accuracy {meta['accuracy']:.4f} "

@@ -95,10 +95,14 @@ class DiffPure(DiffusionPurifier):
 @register("defense", "diffpure")
 def _diffpure(ctx: SpecContext, model: str | os.PathLike | None = None, t: float | None = None,
               norm: str = "linf", dt: float = 1e-3, steps: int | None = None, checkpoint: bool = False,
-              autocast: str | None = None) -> DiffPure:
-    """``diffpure:model=PATH,t=0.1,norm=linf|l2,dt=1e-3,steps=N,checkpoint=false,autocast=none|bf16|fp16``.
+              autocast: str | None = None, sampler: str = "sde") -> DiffPure:
+    """``diffpure:model=PATH,t=0.1,norm=linf|l2,dt=1e-3,steps=N,checkpoint=false,autocast=none|bf16|fp16,sampler=sde|ddim``.
 
-    ``autocast=bf16`` runs the network in bfloat16 under ``torch.autocast`` (off by default)."""
+    ``autocast=bf16`` runs the network in bfloat16 under ``torch.autocast`` (off by default). ``sampler=ddim`` replaces
+    the reverse SDE by the deterministic DDIM reverse process (with ``steps=1``: Tweedie's one-step estimate of the clean
+    image), a surrogate or a training-time augmentation, not DiffPure's defense."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"diffpure: sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
     if t is None:
         if norm not in DEFAULT_T:
             raise ValueError(f"diffpure: norm must be one of {', '.join(DEFAULT_T)}, got {norm!r}")
@@ -108,4 +112,4 @@ def _diffpure(ctx: SpecContext, model: str | os.PathLike | None = None, t: float
         check_int(steps, "steps")
     autocast_dtype(autocast)  # a bad value fails before the model is loaded
     net, _ = resolve_denoiser(model, ctx)
-    return DiffPure(net, t=t, dt=dt, n_steps=steps, grad_checkpoint=checkpoint, autocast=autocast)
+    return DiffPure(net, t=t, dt=dt, n_steps=steps, grad_checkpoint=checkpoint, autocast=autocast, sampler=sampler)

@@ -11,6 +11,13 @@ Fine-tuning: ``init`` starts from a saved classifier (its architecture and weigh
 and ``extra_train`` appends image sets (:mod:`advpure.data.imagefile`, e.g. purified copies of training images) to
 the training set, so every epoch sees the clean set and the extra images once each, shuffled together. Both are
 recorded in the sidecar with their sha256.
+
+Training on purified images, fresh draws every step: ``purify_aug`` names a purifier (a ``--defense`` spec, e.g.
+Tweedie's one-step estimate ``diffpure:model=...,t=0.1,steps=1,sampler=ddim``) and ``purify_frac`` the share of each
+augmented batch it replaces by its purification (no gradient through the purifier; its randomness from the run's
+generator, so a resumed run continues exactly). Unlike a stored ``extra_train`` set, no purified image is seen twice,
+the denoised-smoothing recipe of fine-tuning the classifier on the denoiser's outputs (Salman et al., NeurIPS 2020;
+Carlini et al., ICLR 2023) applied to the purifier used at test time.
 """
 
 from __future__ import annotations
@@ -60,6 +67,8 @@ class ClassifierTrainConfig:
     init: str | None = None
     extra_train: tuple[str, ...] = ()
     weights_dtype: str = "float32"
+    purify_aug: str | None = None
+    purify_frac: float = 0.5
 
     def resolved(self) -> dict:
         if self.dataset not in DEFAULTS:
@@ -79,6 +88,8 @@ class ClassifierTrainConfig:
             raise ValueError(f"warmup: expected a fraction in [0, 1), got {self.warmup}")
         if self.weights_dtype not in ("float32", "float16"):
             raise ValueError(f"weights_dtype: expected float32 or float16, got {self.weights_dtype!r}")
+        if self.purify_aug is not None and not 0.0 < self.purify_frac <= 1.0:
+            raise ValueError(f"purify_frac: expected a share in (0, 1], got {self.purify_frac}")
         if self.pad is not None:
             if self.pad < 0:
                 raise ValueError(f"pad: expected >= 0, got {self.pad}")
@@ -117,6 +128,29 @@ def _model_kwargs(dataset: str, shape: tuple[int, int, int], num_classes: int) -
     if dataset == "digits":
         kw.update(mean=None, std=None)
     return kw
+
+
+def purify_part(x: torch.Tensor, purifier: torch.nn.Module, frac: float, generator: torch.Generator) -> torch.Tensor:
+    """``x`` with a random share ``frac`` of its images (each independently, drawn from ``generator``) replaced by
+    ``purifier(image, generator=generator)``, computed without gradients."""
+    pick = torch.rand(len(x), generator=generator) < frac
+    if not pick.any():
+        return x
+    x = x.clone()
+    with torch.no_grad():
+        x[pick] = purifier(x[pick], generator=generator).to(x.dtype)
+    return x
+
+
+def _purifier(spec: str, dataset: str, shape: tuple[int, int, int], device: torch.device) -> torch.nn.Module:
+    """The ``--purify-aug`` purifier, refused when the spec names no purifier (e.g. a detector or ``none``)."""
+    from .. import defenses  # noqa: F401  (registers the defense specs)
+    from ..specs import SpecContext, build
+
+    purifier = build("defense", spec, SpecContext(dataset=dataset, image_shape=shape, device=device))
+    if not isinstance(purifier, defenses.Purifier) or isinstance(purifier, defenses.Identity):
+        raise ValueError(f"--purify-aug {spec!r}: expected a purifier (images -> images), got {type(purifier).__name__}")
+    return purifier.to(device).eval()
 
 
 def _extra_train_set(path: str, dataset: str, train: ImageSet) -> ImageSet:
@@ -166,6 +200,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
     from ..contracts import check_images
 
     check_images(x_all, name=f"{cfg.dataset} train images")
+    purifier = _purifier(cfg.purify_aug, cfg.dataset, train.shape, device) if cfg.purify_aug else None
     if hasattr(model, "init_whitening") and not cfg.init:
         model.init_whitening(x_all[:5000].to(device))
     model = model.to(memory_format=torch.channels_last)
@@ -200,6 +235,8 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         for i in bar:
             idx = perm[i * p["batch_size"]:(i + 1) * p["batch_size"]]
             xb = augment_crop_flip(x_all[idx], pad=p["pad"], flip=p["flip"], generator=gen).to(device)
+            if purifier is not None:
+                xb = purify_part(xb, purifier, cfg.purify_frac, gen)
             yb = y_all[idx].to(device)
             xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:
@@ -236,7 +273,9 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         train=dict(**p, seed=cfg.seed, label_smoothing=cfg.label_smoothing, schedule=cfg.schedule,
                    warmup=cfg.warmup, momentum=cfg.momentum, train_subset=cfg.train_subset, seconds=round(time.time() - t0, 1),
                    device=str(device), resumed_from_epoch=start_epoch, init=init_meta, extra_train=extras,
-                   n_train_clean=n_clean, n_train=len(y_all)),
+                   n_train_clean=n_clean, n_train=len(y_all),
+                   purify_aug=None if purifier is None else {"spec": cfg.purify_aug, "frac": cfg.purify_frac,
+                                                              "purifier": purifier.describe()}),
         command="advpure " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("advpure") else " ".join(sys.argv),
     )
     resume_path.unlink(missing_ok=True)
