@@ -8,7 +8,8 @@
 # (experiments/cifar10/purification/run.sh diffpure-fastnet-pure).
 # The second recipe, fresh draws (train-fresh, study-fresh): no stored set; every step replaces half of each batch by
 # Tweedie's one-step estimate at t* = 0.1 (advpure train classifier --purify-aug, a new noise draw each time, so no
-# purified image is seen twice), 3 epochs from fastnet as above; then the same study with all three classifiers.
+# purified image is seen twice), 3 epochs from fastnet as above; then the same study with all three classifiers, and
+# on Tweedie's estimates themselves (DDIM, 1 step: what the fresh-draws classifier was trained on).
 # usage: experiments/cifar10/purified-classifier/run.sh purify|train|study|all|train-fresh|study-fresh   (N=16384 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
@@ -22,11 +23,13 @@ F=runs/tweedie/cifar10-fastnet-tweedie.safetensors  # the fresh-draws recipe (re
 PM=zoo/cifar10-purify-t0.2.safetensors
 OUT=reports/cifar10/purified-classifier
 mkdir -p runs/purified runs/tweedie "$OUT"
-study() {  # study OUT_PREFIX CLASSIFIER...: DiffPure's 100 steps (the issue's measure), then the 20 of the attacked rows
-  local prefix=$1; shift
-  for st in 100 20; do
-    .venv/bin/python experiments/cifar10/purification-model/study.py --model "$PM" --skip-mse --steps $st "$@" \
-      --out "$OUT/$prefix-n500-steps$st.json"
+study() {  # study OUT_PREFIX "SAMPLER:STEPS ..." CLASSIFIER...: t* = 0.1, 500 test images, the same draws for all
+  local prefix=$1 cfgs=$2; shift 2
+  for cfg in $cfgs; do
+    local sampler=${cfg%:*} st=${cfg#*:} name
+    name=steps$st; [ "$sampler" = sde ] || name=$sampler$st
+    .venv/bin/python experiments/cifar10/purification-model/study.py --model "$PM" --skip-mse --sampler "$sampler" \
+      --steps "$st" "$@" --out "$OUT/$prefix-n500-$name.json"
   done
 }
 step() {
@@ -38,7 +41,7 @@ step() {
         --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$M"
       cp "$M" "$Z" && cp "${M%.safetensors}.json" "${Z%.safetensors}.json" ;;
     study)
-      study study --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
+      study study "sde:100 sde:20" --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
         --classifier "fastnet fine-tuned on purified=$Z" \
         --classifier "ResNet-56 (shared)=resnet56:../shared/models/resnet56-4bfd9763.th" ;;
     train-fresh)
@@ -47,7 +50,7 @@ step() {
         --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
         --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$F" ;;
     study-fresh)
-      study study-fresh --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
+      study study-fresh "sde:100 sde:20 ddim:1" --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
         --classifier "fastnet fine-tuned, fresh Tweedie draws=$F" \
         --classifier "fastnet fine-tuned on purified=$Z" ;;
     *) echo "usage: $0 purify|train|study|all|train-fresh|study-fresh" >&2; exit 2 ;;

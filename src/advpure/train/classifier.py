@@ -130,15 +130,18 @@ def _model_kwargs(dataset: str, shape: tuple[int, int, int], num_classes: int) -
     return kw
 
 
-def purify_part(x: torch.Tensor, purifier: torch.nn.Module, frac: float, generator: torch.Generator) -> torch.Tensor:
-    """``x`` with a random share ``frac`` of its images (each independently, drawn from ``generator``) replaced by
-    ``purifier(image, generator=generator)``, computed without gradients."""
+def purify_part(x: torch.Tensor, purifier: torch.nn.Module, frac: float, generator: torch.Generator,
+                purify_generator: torch.Generator | None = None) -> torch.Tensor:
+    """``x`` with a random share ``frac`` of its images (each independently, drawn from the CPU ``generator``)
+    replaced by ``purifier(image, generator=purify_generator or generator)``, computed without gradients (a
+    purifier on an accelerator needs a generator on that device)."""
     pick = torch.rand(len(x), generator=generator) < frac
     if not pick.any():
         return x
     x = x.clone()
+    pick = pick.to(x.device)
     with torch.no_grad():
-        x[pick] = purifier(x[pick], generator=generator).to(x.dtype)
+        x[pick] = purifier(x[pick], generator=purify_generator or generator).to(x.dtype)
     return x
 
 
@@ -201,6 +204,8 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
 
     check_images(x_all, name=f"{cfg.dataset} train images")
     purifier = _purifier(cfg.purify_aug, cfg.dataset, train.shape, device) if cfg.purify_aug else None
+    # the purifier's noise: the run's generator on the CPU; on an accelerator a generator there, seeded from the run
+    pgen = torch.Generator(device=device).manual_seed(cfg.seed + 1) if purifier is not None and device.type != "cpu" else None
     if hasattr(model, "init_whitening") and not cfg.init:
         model.init_whitening(x_all[:5000].to(device))
     model = model.to(memory_format=torch.channels_last)
@@ -223,6 +228,8 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
         opt.load_state_dict(state["opt"])
         sched.load_state_dict(state["sched"])
         gen.set_state(state["gen"])
+        if pgen is not None:
+            pgen.set_state(state["pgen"])
         start_epoch = int(state["epoch"])
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     t0 = time.time()
@@ -236,7 +243,7 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
             idx = perm[i * p["batch_size"]:(i + 1) * p["batch_size"]]
             xb = augment_crop_flip(x_all[idx], pad=p["pad"], flip=p["flip"], generator=gen).to(device)
             if purifier is not None:
-                xb = purify_part(xb, purifier, cfg.purify_frac, gen)
+                xb = purify_part(xb, purifier, cfg.purify_frac, gen, pgen)
             yb = y_all[idx].to(device)
             xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:
@@ -250,7 +257,8 @@ def train_classifier(cfg: ClassifierTrainConfig, *, progress: bool = True) -> tu
             run_acc = 0.9 * run_acc + 0.1 * float((logits.argmax(1) == yb).float().mean()) if i else float((logits.argmax(1) == yb).float().mean())
             bar.set_postfix(loss=f"{run_loss:.3f}", acc=f"{run_acc:.3f}")
         save_resume(resume_path, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                                  "gen": gen.get_state(), "epoch": epoch + 1, "config": {**asdict(cfg), **p}})
+                                  "gen": gen.get_state(), "epoch": epoch + 1, "config": {**asdict(cfg), **p},
+                                  **({"pgen": pgen.get_state()} if pgen is not None else {})})
         if progress:
             tqdm.write(f"epoch {epoch + 1}/{p['epochs']}: train loss {run_loss:.3f}, {time.time() - t0:.0f}s")
     model.eval()
