@@ -12,7 +12,11 @@
 # 0.25, n0 50, n 500, 25 images), CLF = r56 (shared ResNet-56) or fastnet (zoo/cifar10-fastnet, ours).
 # Attacked rows: diffpure ssni-n ssni-l dt (distribution transfer, scale 100) on the ResNet-56; diffpure-fastnet and
 # dt-fastnet on zoo/cifar10-fastnet; diffpure-fastnet-pure on zoo/cifar10-fastnet-purified (fastnet fine-tuned on
-# DiffPure-purified train images: experiments/cifar10/purified-classifier); diffpure-l2 ssni-n-l2 ssni-l-l2 (t* = 0.075, l_2 0.5, same reduced strength);
+# DiffPure-purified train images: experiments/cifar10/purified-classifier); tweedie-fastnet and tweedie-fastnet-fresh:
+# one-step purification (diffuse to t* = 0.1, then Tweedie's estimate, DDIM 1 step: random through the diffusion noise
+# only) on fastnet and on fastnet fine-tuned on fresh draws of that estimate (runs/tweedie/cifar10-fastnet-tweedie,
+# made by experiments/cifar10/purified-classifier/run.sh train-fresh, 38 min; not in the zoo);
+# diffpure-l2 ssni-n-l2 ssni-l-l2 (t* = 0.075, l_2 0.5, same reduced strength);
 # gdmp (t = 0.036, 4 rounds of 9 guided DDPM steps, SSIM guidance, scale 100) and gnsp (the 8 default stages with 5
 # reverse steps each), both on the ResNet-56 with fewer steps than the authors' (36 per round; 470 in all) for time;
 # cmap: CMAP with the CPU-distilled consistency model zoo/cifar10-cm-cd-tiny (K = 4 latents, 100 latent-optimisation
@@ -35,6 +39,8 @@ D="$P,checkpoint=true"
 D2="model=$M,t=0.075,steps=20,checkpoint=true"  # DiffPure's l_2 setting (t* = 0.075)
 declare -A SPEC=([diffpure]="diffpure:$D" [ssni-n]="ssni:$D,mode=N" [ssni-l]="ssni:$D,mode=L"
                  [diffpure-fastnet]="diffpure:$D" [diffpure-fastnet-pure]="diffpure:$D" [dt]="distribution-transfer:$D" [dt-fastnet]="distribution-transfer:$D"
+                 [tweedie-fastnet]="diffpure:model=$M,t=0.1,steps=1,sampler=ddim"
+                 [tweedie-fastnet-fresh]="diffpure:model=$M,t=0.1,steps=1,sampler=ddim"
                  [diffpure-l2]="diffpure:$D2" [ssni-n-l2]="ssni:$D2,mode=N" [ssni-l-l2]="ssni:$D2,mode=L"
                  [gdmp]="gdmp:model=$M,t=0.036,steps=9,iterations=4,checkpoint=true"
                  [gnsp]="gnsp:model=$M,steps=5,checkpoint=true"
@@ -47,7 +53,8 @@ N=${N:-16}; SEEDS=${SEEDS:-0}
 sfx="-n$N-seeds${SEEDS//,/_}"
 C=(--dataset cifar10 --data-dir ../shared/data/cifar10-jpeg.tar.gz --no-progress)
 declare -A CLF=([r56]=resnet56:../shared/models/resnet56-4bfd9763.th [fastnet]=zoo/cifar10-fastnet.safetensors
-               [fastnet-pure]=zoo/cifar10-fastnet-purified.safetensors)
+               [fastnet-pure]=zoo/cifar10-fastnet-purified.safetensors
+               [fastnet-fresh]=runs/tweedie/cifar10-fastnet-tweedie.safetensors)
 CORR=(--threat corruptions --corruptions gaussian_noise,glass_blur,impulse_noise,jpeg_compression,shot_noise
       --severities 5 --n 64 --batch-size 64)
 for row in "${rows[@]}"; do
@@ -66,6 +73,7 @@ for row in "${rows[@]}"; do
   base=${row%-x2}; spec=${SPEC[$base]:?unknown row $row (rows: ${!SPEC[*]}, each also as ROW-x2)}
   echo "== $row: $spec $(date +%T)"
   clf=${CLF[r56]}; [[ $base == *-fastnet ]] && clf=${CLF[fastnet]}; [[ $base == *-fastnet-pure ]] && clf=${CLF[fastnet-pure]}
+  [[ $base == *-fastnet-fresh ]] && clf=${CLF[fastnet-fresh]}
   attack=$LINF; [[ $base == *-l2 ]] && attack=$L2
   if [[ $row == *-x2 ]]; then
     [[ $base == *-l2 ]] && { echo "$row: the 2x check is defined for the l_inf rows" >&2; exit 2; }
