@@ -290,3 +290,26 @@ def test_run_eval_takes_a_config_or_keywords_alike(digits_classifier):
         run_eval(cfg, classifier=digits_classifier, nn=3)
     with pytest.raises(TypeError, match="EvalConfig"):
         run_eval({"dataset": "digits"}, classifier=digits_classifier)
+
+
+def test_sharded_runs_wait_longer_than_the_default_gather_timeout(monkeypatch):
+    """A rank that finishes early waits in the final gather for the slowest one; torch's default 30-minute timeout
+    ended a CPU run whose halves finished 30+ minutes apart. The process group gets a week (or ADVPURE_DIST_TIMEOUT_S)."""
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from advpure.eval import runner
+
+    seen = {}
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert runner._dist_info() == (1, 2)
+    assert seen["backend"] == "gloo" and seen["timeout"] >= timedelta(days=7)
+    monkeypatch.setenv("ADVPURE_DIST_TIMEOUT_S", "90")
+    runner._dist_info()
+    assert seen["timeout"] == timedelta(seconds=90)

@@ -21,6 +21,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -137,11 +138,14 @@ def _dist_info() -> tuple[int, int]:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        # A rank that finishes its tasks early waits in the final gather for the slowest one: on a CPU that wait
+        # lasted over the default 30-minute timeout (two halves of a CIFAR-10 SSNI row) and both ranks exited.
+        timeout = timedelta(seconds=float(os.environ.get("ADVPURE_DIST_TIMEOUT_S", 7 * 24 * 3600)))
         if torch.cuda.is_available():  # NCCL on GPU, one device per local rank; gloo on CPU
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
+            dist.init_process_group("nccl", timeout=timeout)
         else:
-            dist.init_process_group("gloo")
+            dist.init_process_group("gloo", timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
 
 
