@@ -18,15 +18,15 @@
 # CPU check (the test runs it; PY picks the interpreter): OUT=/tmp/x DEVICE=cpu SMOKE=1 bash experiments/cifar10/purified-classifier/device_run.sh
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+source experiments/cifar10/purified-classifier/recipe.sh
 OUT=${OUT:?set OUT to the output folder (the device tool sets it)}
 DEVICE=${DEVICE:-cuda}
 STEPS=${STEPS:-100}
-EPOCHS=${EPOCHS:-3}
 LIMIT=${LIMIT:-500}
 DATA=${DATA:-runs/device/cifar10-jpeg.tar.gz}
 [ -f "$DATA" ] || DATA=../shared/data/cifar10-jpeg.tar.gz
-extra=(--batch-size 512)
-if [ -n "${SMOKE:-}" ]; then STEPS=2; EPOCHS=1; extra=(--batch-size 16 --train-subset 32); fi
+extra=()
+if [ -n "${SMOKE:-}" ]; then STEPS=2; extra=(--epochs 1 --batch-size 16 --train-subset 32); fi
 if [ -n "${PY:-}" ]; then :
 elif [ -x .venv/bin/python ]; then
   PY=.venv/bin/python
@@ -39,9 +39,8 @@ fi
 mkdir -p "$OUT"
 start=$(date +%s)
 PYTHONUNBUFFERED=1 timeout "$LIMIT" "$PY" -m advpure.cli train classifier --dataset cifar10 --data-dir "$DATA" \
-  --device "$DEVICE" --init zoo/cifar10-fastnet.safetensors \
+  --device "$DEVICE" "${FT_OPTS[@]}" "${extra[@]}" \
   --purify-aug "diffpure:model=zoo/cifar10-purify-t0.2.safetensors,t=0.1,steps=$STEPS" --purify-frac 0.5 \
-  --epochs "$EPOCHS" "${extra[@]}" --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 --schedule onecycle \
-  --warmup 0.2 --pad 2 --weights-dtype float16 --out "$OUT/cifar10-fastnet-diffpure$STEPS.safetensors" \
+  --out "$OUT/cifar10-fastnet-diffpure$STEPS.safetensors" \
   2>&1 | tr '\r' '\n' | grep -v '^\s*$' | awk 'NR % 25 == 1 || /train loss|saved|Error|error/'
 echo "device_run: $(( $(date +%s) - start )) s"

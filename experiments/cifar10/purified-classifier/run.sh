@@ -13,6 +13,7 @@
 # usage: experiments/cifar10/purified-classifier/run.sh purify|train|study|all|train-fresh|study-fresh   (N=16384 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
+source experiments/cifar10/purified-classifier/recipe.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 N=${N:-16384}
 D=../shared/data/cifar10-jpeg.tar.gz
@@ -36,19 +37,15 @@ step() {
   case $1 in
     purify) [ -f "$X" ] || .venv/bin/python experiments/cifar10/purified-classifier/purify_set.py --n "$N" --out "$X" ;;
     train)
-      .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" --init zoo/cifar10-fastnet.safetensors \
-        --extra-train "$X" --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
-        --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$M"
+      .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" "${FT_OPTS[@]}" --extra-train "$X" --out "$M"
       cp "$M" "$Z" && cp "${M%.safetensors}.json" "${Z%.safetensors}.json" ;;
     study)
       study study "sde:100 sde:20" --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
         --classifier "fastnet fine-tuned on purified=$Z" \
         --classifier "ResNet-56 (shared)=resnet56:../shared/models/resnet56-4bfd9763.th" ;;
     train-fresh)
-      .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" --init zoo/cifar10-fastnet.safetensors \
-        --purify-aug "diffpure:model=$PM,t=0.1,steps=1,sampler=ddim" --purify-frac 0.5 \
-        --epochs 3 --batch-size 512 --lr 0.1 --weight-decay 5e-4 --label-smoothing 0.2 \
-        --schedule onecycle --warmup 0.2 --pad 2 --weights-dtype float16 --out "$F" ;;
+      .venv/bin/advpure train classifier --dataset cifar10 --data-dir "$D" "${FT_OPTS[@]}" \
+        --purify-aug "diffpure:model=$PM,t=0.1,steps=1,sampler=ddim" --purify-frac 0.5 --out "$F" ;;
     study-fresh)
       study study-fresh "sde:100 sde:20 ddim:1" --classifier "fastnet (project)=zoo/cifar10-fastnet.safetensors" \
         --classifier "fastnet fine-tuned, fresh Tweedie draws=$F" \
