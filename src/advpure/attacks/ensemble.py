@@ -261,8 +261,8 @@ def method_specific_attacks(defense: nn.Module | None, *, classifier: nn.Module,
     input diffused as the guidance sees it, :class:`~advpure.defenses.distribution_transfer.GuidanceTarget`; its
     gradient costs one classifier pass, so it gets ``CHEAP_FACTOR`` times ``steps`` and ``eot``, as the cheap
     surrogates do); for GNSP the deviated-reconstruction attack (CE plus DiffAttack's loss at every stage's output,
-    :mod:`advpure.attacks.diffattack`; full gradients, so the full-gradient attacks' ``full_steps`` and half the
-    EOT)."""
+    ``every=0``, as the published GNSP rows were measured; :mod:`advpure.attacks.diffattack`; full gradients, so the
+    full-gradient attacks' ``full_steps`` and half the EOT)."""
     from ..defenses.base import DefendedClassifier
     from ..defenses.cmap import CMAP
     from ..defenses.dad import DAD
@@ -283,7 +283,7 @@ def method_specific_attacks(defense: nn.Module | None, *, classifier: nn.Module,
 
         # a full-gradient attack (every stage, checkpointed): the full-gradient attacks' budget
         full_steps = steps if full_steps is None else full_steps
-        return [("diffattack", DeviatedReconstruction(eps=eps, norm=norm, steps=full_steps,
+        return [("diffattack", DeviatedReconstruction(eps=eps, norm=norm, steps=full_steps, every=0,
                                                       step_size=2.5 * eps / full_steps, eot=max(1, eot // 2)))]
     if isinstance(defense, DistributionTransfer):
         from .surrogate import SurrogateProcess

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int, check_positive
-from ..diffusion.samplers import ddim, ddpm_timesteps, diffuse, reverse_sde
+from ..diffusion.samplers import ddim, ddpm_timesteps, diffuse, reverse_path, reverse_sde
 from ..specs import SpecContext, register
 from .diffusion_base import DiffusionPurifier, autocast_dtype, check_time, resolve_denoiser
 
@@ -86,6 +86,20 @@ class DiffPure(DiffusionPurifier):
             x0 = reverse_sde(self.eps_call, xt, schedule=self.schedule, t_start=t_star, n_steps=self.n_steps,
                              generator=generator, checkpoint=self.grad_checkpoint)
         return self.to_image_space(x0)
+
+    def purify_path(self, x: torch.Tensor, *, generator: torch.Generator | None = None, every: int = 0,
+                    t: torch.Tensor | float | None = None) -> list[tuple[torch.Tensor | float, torch.Tensor]]:
+        """The reverse process's states in model space [-1, 1], ``[(t_k, x_{t_k}), ..., (0, x_0)]``, after every
+        ``every``-th step and at the end (:func:`~advpure.diffusion.samplers.reverse_path`; ``every = 0``: the end
+        only). The last one, mapped to [0, 1], is :meth:`purify`'s result for the same generator (to the rounding of
+        the SDE's grid): what the deviated-reconstruction attack (:mod:`advpure.attacks.diffattack`) reads."""
+        z = self.to_model_space(x)
+        t_star = self.t if t is None else t
+        if not isinstance(t_star, torch.Tensor):
+            check_time(t_star)
+        xt = diffuse(z, t_star, self.schedule, generator)
+        return reverse_path(self.eps_call, xt, schedule=self.schedule, t_start=t_star, n_steps=self.n_steps,
+                            sampler=self.sampler, every=every, generator=generator, checkpoint=self.grad_checkpoint)
 
     def describe(self) -> dict:
         solver = "euler-maruyama reverse VP SDE" if self.sampler == "sde" else "deterministic DDIM (eta 0)"

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..contracts import check_int
-from ..diffusion.samplers import ddim, ddpm_ancestral, ddpm_timesteps, diffuse, reverse_sde
+from ..diffusion.samplers import diffuse, reverse_path
 from ..diffusion.schedule import DiscreteSchedule
 from ..specs import SpecContext, register
 from .diffusion_base import DiffusionPurifier, resolve_denoiser
@@ -103,23 +103,23 @@ class GNSP(DiffusionPurifier):
 
     def purify_stages(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> list[torch.Tensor]:
         """Every stage's output in model space [-1, 1] (differentiable; the last one, mapped to [0, 1], is
-        :meth:`purify`'s result, with the same random draws): the intermediate reconstructions that the
-        deviated-reconstruction attack (:mod:`advpure.attacks.diffattack`) pushes away from the clean image."""
+        :meth:`purify`'s result, with the same random draws)."""
+        return [z for _, z in self.purify_path(x, generator=generator)]
+
+    def purify_path(self, x: torch.Tensor, *, generator: torch.Generator | None = None, every: int = 0
+                    ) -> list[tuple[torch.Tensor | float, torch.Tensor]]:
+        """The states of every stage's reverse process in model space, ``(t, x_t)`` after every ``every``-th step of
+        a stage and at each stage's end (t = 0; ``every = 0``: the stage outputs only), in order
+        (:func:`~advpure.diffusion.samplers.reverse_path`): the intermediate reconstructions that the
+        deviated-reconstruction attack (:mod:`advpure.attacks.diffattack`) pushes away from the clean image's."""
         z = self.to_model_space(x)
-        outs: list[torch.Tensor] = []
+        path: list[tuple[torch.Tensor | float, torch.Tensor]] = []
         for t, n in self.stages:
             xt = diffuse(z, t, self.schedule, generator)
-            if self.sampler == "ddpm":
-                z = ddpm_ancestral(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t, n),
-                                   generator=generator, checkpoint=self.grad_checkpoint, clip_x0=True)
-            elif self.sampler == "ddim":
-                z = ddim(self.eps_model, xt, schedule=self.schedule, timesteps=ddpm_timesteps(t, n),
-                         checkpoint=self.grad_checkpoint, clip_x0=True)
-            else:
-                z = reverse_sde(self.eps_model, xt, schedule=self.schedule, t_start=t, n_steps=n,
-                                generator=generator, checkpoint=self.grad_checkpoint)
-            outs.append(z)
-        return outs
+            path += reverse_path(self.eps_model, xt, schedule=self.schedule, t_start=t, n_steps=n, sampler=self.sampler,
+                                 every=every, generator=generator, checkpoint=self.grad_checkpoint, clip_x0=True)
+            z = path[-1][1]
+        return path
 
     def describe(self) -> dict:
         return {**super().describe(), "stages": [[t, n] for t, n in self.stages], "sampler": self.sampler}

@@ -143,13 +143,30 @@ class SSNI(Purifier):
             t = ssni_l(s, s_min=self.reference.min, s_max=self.reference.max, t_star=self.t_star, b=self.b)
         return t.clamp(self.t_floor, self.t_ceil)
 
-    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def _levels(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         with torch.set_grad_enabled(self.differentiable and torch.is_grad_enabled()):
             s = eps_norm(self.base.eps_model, x, schedule=self.base.schedule, t_levels=self.t_levels,
                          generator=generator, max_batch=self.max_batch, autocast_dtype=self.eps_autocast)
         t = self.noise_levels(s if self.differentiable else s.detach())
         self.last_t = t.detach()
-        return self.base.purify(x, generator=generator, t=t)
+        return t
+
+    def purify(self, x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.base.purify(x, generator=generator, t=self._levels(x, generator))
+
+    @property
+    def schedule(self):
+        """The wrapped purifier's diffusion schedule."""
+        return self.base.schedule
+
+    def purify_path(self, x: torch.Tensor, *, generator: torch.Generator | None = None, every: int = 0
+                    ) -> list[tuple[torch.Tensor | float, torch.Tensor]]:
+        """The wrapped purifier's reverse-process states (its ``purify_path``) at the per-sample noise levels, the
+        same random draws as :meth:`purify`: what the deviated-reconstruction attack reads."""
+        if not callable(getattr(self.base, "purify_path", None)):
+            raise TypeError(f"SSNI: the wrapped {type(self.base).__name__} does not expose its reverse process "
+                            "(purify_path)")
+        return self.base.purify_path(x, generator=generator, every=every, t=self._levels(x, generator))
 
     def describe(self) -> dict:
         return {"name": f"SSNI-{self.mode}", "base": self.base.describe(), "t_star": self.t_star, "tau": self.tau,

@@ -65,7 +65,7 @@ def diffuse(x0: torch.Tensor, t: torch.Tensor | float, schedule, generator: torc
 
 def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.Tensor | float,
                 n_steps: int | None = None, dt: float = 1e-3, generator: torch.Generator | None = None,
-                checkpoint: bool = False) -> torch.Tensor:
+                checkpoint: bool = False, segment: tuple[int, int] | None = None) -> torch.Tensor:
     """Euler–Maruyama integration of the reverse VP SDE from ``t_start`` to 0 (DiffPure's solver).
 
     Reverse SDE (Anderson 1982; Song et al. 2021, Eq. 6) for ``dx = -1/2 beta x dt + sqrt(beta) dw``::
@@ -77,12 +77,21 @@ def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.
     ``t_i(k) = t_start_i (1 - k / n_steps)``; all samples take the same number of steps, one network call
     per step for the whole batch. ``n_steps`` defaults to ``ceil(max(t_start) / dt)`` (DiffPure: 100 steps
     from t* = 0.1 with dt = 1e-3).
+
+    ``segment=(k0, k1)`` runs only the steps ``k0 .. k1 - 1`` of this chain, on its grid, from ``x_t`` at time
+    ``t(k0)``: the segments of a chain, called in turn with the same generator, give exactly the whole chain (the same
+    coefficients and noise), with the states between them kept (the deviated-reconstruction attack,
+    :mod:`advpure.attacks.diffattack`, reads them through :func:`reverse_path`).
     """
     ts = _per_sample(t_start, x_t, "t_start")
     if n_steps is None:
         check_positive(dt, "dt")
         n_steps = max(1, math.ceil(float(ts.max()) / dt - 1e-4))
     check_int(n_steps, "n_steps")
+    k0, k1 = (0, n_steps) if segment is None else (int(segment[0]), int(segment[1]))
+    if not 0 <= k0 < k1 <= n_steps:
+        raise ValueError(f"reverse_sde: segment must be (k0, k1) with 0 <= k0 < k1 <= n_steps = {n_steps}, "
+                         f"got {segment}")
     # all per-step coefficients at once (one small tensor op each instead of several per step):
     # x <- (1 + h beta / 2) x - (h beta / std) eps + sqrt(h beta) z
     frac = 1.0 - torch.arange(n_steps, device=x_t.device, dtype=x_t.dtype) / n_steps
@@ -100,7 +109,9 @@ def reverse_sde(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.
         # a x - b eps + c z as two fused multiply-adds (fewer temporaries than the plain expression)
         return torch.addcmul(torch.addcmul(a[k] * x, b[k], model(x, grid[k]), value=-1.0), c[k], z)
 
-    return checkpointed_loop(step, x_t, n_steps, extras=(grid, c_x, c_eps, c_z), enabled=checkpoint,
+    if (k0, k1) != (0, n_steps):
+        grid, c_x, c_eps, c_z = grid[k0:k1], c_x[k0:k1], c_eps[k0:k1], c_z[k0:k1]
+    return checkpointed_loop(step, x_t, k1 - k0, extras=(grid, c_x, c_eps, c_z), enabled=checkpoint,
                              generator=generator)
 
 
@@ -186,6 +197,45 @@ def ddim(model: EpsModel, x_t: torch.Tensor, *, schedule, timesteps, eta: float 
         return a_s * x0 + torch.sqrt((var_s - c2).clamp(min=0)) * eps + torch.sqrt(c2) * z
 
     return checkpointed_loop(step, x_t, len(times) - 1, extras=(times,), enabled=checkpoint, generator=generator)
+
+
+#: the reverse processes :func:`reverse_path` can cut into segments
+PATH_SAMPLERS = ("sde", "ddpm", "ddim")
+
+
+def reverse_path(model: EpsModel, x_t: torch.Tensor, *, schedule, t_start: torch.Tensor | float, n_steps: int,
+                 sampler: str = "sde", every: int = 0, generator: torch.Generator | None = None,
+                 checkpoint: bool = False, clip_x0: bool = False) -> list[tuple[torch.Tensor | float, torch.Tensor]]:
+    """One reverse process from ``t_start`` to 0 (``sampler``: :func:`reverse_sde`, :func:`ddpm_ancestral` or
+    :func:`ddim` on the grid :func:`ddpm_timesteps`), returned as its states ``[(t_k, x_{t_k}), ..., (0, x_0)]`` after
+    every ``every``-th step and at the end (``every = 0``: the end only).
+
+    The chain is run in segments of ``every`` steps, each a call of the sampler on its part of the same grid, with the
+    same generator: the final state is the plain call's. Every state is differentiable (each segment is checkpointed on its own
+    when ``checkpoint``). What the deviated-reconstruction loss of DiffAttack (Kang, Song & Li 2023, Eq. 8) reads:
+    the reverse process's samples at intermediate times.
+    """
+    if sampler not in PATH_SAMPLERS:
+        raise ValueError(f"reverse_path: sampler must be one of {', '.join(PATH_SAMPLERS)}, got {sampler!r}")
+    n_steps = check_int(n_steps, "n_steps")
+    every = check_int(every, "every", minimum=0)
+    cuts = list(range(0, n_steps, every)) + [n_steps] if 0 < every < n_steps else [0, n_steps]
+    grid = ddpm_timesteps(t_start, n_steps)
+    path: list[tuple[torch.Tensor | float, torch.Tensor]] = []
+    x = x_t
+    for k0, k1 in zip(cuts, cuts[1:]):
+        t_end = 0.0 if k1 == n_steps else grid[k1]
+        if sampler == "sde":
+            x = reverse_sde(model, x, schedule=schedule, t_start=t_start, n_steps=n_steps, segment=(k0, k1),
+                            generator=generator, checkpoint=checkpoint)
+        elif sampler == "ddpm":
+            x = ddpm_ancestral(model, x, schedule=schedule, timesteps=grid[k0:k1 + 1], generator=generator,
+                               checkpoint=checkpoint, clip_x0=clip_x0)
+        else:
+            x = ddim(model, x, schedule=schedule, timesteps=grid[k0:k1 + 1], generator=generator,
+                     checkpoint=checkpoint, clip_x0=clip_x0)
+        path.append((t_end, x))
+    return path
 
 
 def sample(model: EpsModel, shape: Sequence[int], *, schedule, n_steps: int = 1000, method: str = "ddpm",
