@@ -116,6 +116,13 @@ def _sample(method):
     return run
 
 
+def _path(sampler):
+    def run(model, sch, x, t, steps, g, ck=False):  # the final state of the chain run in segments of 3 steps
+        return D.reverse_path(model, x, schedule=sch, t_start=t, n_steps=steps, sampler=sampler, every=3, generator=g,
+                              checkpoint=ck)[-1][1]
+    return run
+
+
 def _diffuse(model, sch, x, t, steps, g, ck=False):
     return D.diffuse(x, t, sch, g)
 
@@ -130,6 +137,8 @@ SAMPLERS: dict[str, list[SamplerCase]] = {
     "diffuse": [SamplerCase(_diffuse, stochastic=True, forward=True, t_name="t", allow_zero_t=True)],
     "reverse_sde": [SamplerCase(_rev_sde, stochastic=True, checkpoint=True, var_deficit=0.02, var_excess=0.02)],
     "ddpm_ancestral": [SamplerCase(_ancestral, stochastic=True, checkpoint=True, var_deficit=0.04)],
+    "reverse_path": [SamplerCase(_path("sde"), stochastic=True, checkpoint=True, var_deficit=0.02, var_excess=0.02),
+                     SamplerCase(_path("ddpm"), stochastic=True, checkpoint=True, var_deficit=0.04)],
     "ddim": [SamplerCase(_ddim(0.0), stochastic=False, checkpoint=True, var_deficit=0.02),
              SamplerCase(_ddim(1.0), stochastic=True, checkpoint=True, var_deficit=0.04)],
     "sample": [SamplerCase(_sample("sde"), stochastic=True, from_noise=True, t_star=1.0, steps=400,
